@@ -1,0 +1,1 @@
+"""haven: an emergency fund workflow engine for human-rights defenders at risk."""

@@ -1,0 +1,232 @@
+"""The app database. The workflow is the source of truth for a request's lifecycle; these tables
+are its durable record (written only by idempotent activities) and what the API lists and reads."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class UTCDateTime(TypeDecorator):
+    """Aware UTC datetimes on every backend (SQLite would otherwise hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: every time in haven is timezone-aware UTC")
+        return value.astimezone(timezone.utc) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: UTCDateTime}
+
+
+class Organisation(Base):
+    """A trusted intermediary (or the fund itself). Suspended organisations cannot submit."""
+
+    __tablename__ = "organisations"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    trust_level: Mapped[str] = mapped_column(String(16))
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+
+
+class PolicyRecord(Base):
+    """Every policy version a request was ever pinned to, by content hash."""
+
+    __tablename__ = "policy_versions"
+
+    hash: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    content: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+
+
+class GrantRequestRecord(Base):
+    __tablename__ = "grant_requests"
+    __table_args__ = (
+        UniqueConstraint("organisation_id", "idempotency_key", name="uq_grant_requests_idempotency"),
+        Index("ix_grant_requests_queue", "status", "decision_due_at"),
+        Index("ix_grant_requests_defender", "defender_ref", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    idempotency_key: Mapped[str] = mapped_column(String(200))
+    body_hash: Mapped[str] = mapped_column(String(80))
+
+    category: Mapped[str] = mapped_column(String(32))
+    urgency: Mapped[str] = mapped_column(String(16))
+    country: Mapped[str] = mapped_column(String(2))
+    threat_level: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_base_minor: Mapped[int] = mapped_column(BigInteger)
+    tranche_count: Mapped[int] = mapped_column(Integer)
+    rail: Mapped[str] = mapped_column(String(16))
+    policy_hash: Mapped[str] = mapped_column(ForeignKey("policy_versions.hash"))
+    # Keyed hash of the defender's pseudonym: finds prior grants without storing the pseudonym.
+    defender_ref: Mapped[str] = mapped_column(String(64))
+    # Defender, payee and narrative: never in Temporal, never in logs.
+    sensitive: Mapped[dict[str, Any]]
+
+    # The projection of the workflow's state, written by record_event.
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    status_seq: Mapped[int] = mapped_column(Integer, default=0)
+    risk_score: Mapped[int | None] = mapped_column(Integer)
+    risk_tier: Mapped[str | None] = mapped_column(String(16))
+    screening_hit: Mapped[bool | None] = mapped_column(Boolean)
+    decision_due_at: Mapped[datetime | None]
+    escalated: Mapped[bool] = mapped_column(Boolean, default=False)
+    granted_minor: Mapped[int | None] = mapped_column(BigInteger)
+    granted_base_minor: Mapped[int | None] = mapped_column(BigInteger)
+    current_tranche: Mapped[int | None] = mapped_column(Integer)
+    report_due_at: Mapped[datetime | None]
+    follow_up_overdue: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class AuditEvent(Base):
+    """Append-only record of every state change and decision."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (UniqueConstraint("request_id", "seq", name="uq_audit_events_request_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    seq: Mapped[int | None] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[list[Any]]
+    status_from: Mapped[str | None] = mapped_column(String(32))
+    status_to: Mapped[str | None] = mapped_column(String(32))
+    facts: Mapped[dict[str, Any]]
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+    __table_args__ = (UniqueConstraint("request_id", "seq", name="uq_decisions_request_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(200))
+    roles: Mapped[list[Any]]
+    amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    note: Mapped[str | None] = mapped_column(Text)
+    decided_at: Mapped[datetime]
+
+
+class BudgetReservation(Base):
+    """Money set aside at approval; released (in part or whole) if it will not be paid."""
+
+    __tablename__ = "budget_reservations"
+    __table_args__ = (UniqueConstraint("request_id", "number", name="uq_budget_reservations_request_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    category: Mapped[str] = mapped_column(String(32))
+    amount_base_minor: Mapped[int] = mapped_column(BigInteger)
+    released_base_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16))  # held | released | settled
+    reserved_at: Mapped[datetime]
+    closed_at: Mapped[datetime | None]
+
+
+class Payment(Base):
+    """One row per tranche; its idempotency key is derived from the request and tranche only."""
+
+    __tablename__ = "payments"
+    __table_args__ = (UniqueConstraint("request_id", "tranche", name="uq_payments_request_tranche"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), index=True)
+    tranche: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str] = mapped_column(String(120), unique=True)
+    rail: Mapped[str] = mapped_column(String(16))
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    amount_base_minor: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # pending | paid | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=1)
+    reference: Mapped[str | None] = mapped_column(String(200))
+    paid_on: Mapped[date | None] = mapped_column(Date)
+    failure_reason: Mapped[str | None] = mapped_column(Text)
+    recorded_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class CaseMessage(Base):
+    """What intermediaries and caseworkers write into a case: information requests and answers,
+    check-ins, follow-up reports, screening notes. Sensitive text."""
+
+    __tablename__ = "case_messages"
+    __table_args__ = (UniqueConstraint("request_id", "seq", name="uq_case_messages_request_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(32))
+    author: Mapped[str] = mapped_column(String(200))
+    tranche: Mapped[int | None] = mapped_column(Integer)
+    body: Mapped[dict[str, Any]]
+    written_at: Mapped[datetime]
+
+
+class Notification(Base):
+    """The outbox. Payloads carry ids and links only, never personal data."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    dedupe_key: Mapped[str] = mapped_column(String(200), unique=True)
+    request_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    audience: Mapped[str] = mapped_column(String(64))  # a role, or "org:<id>"
+    payload: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    delivered_at: Mapped[datetime | None]

@@ -1,0 +1,282 @@
+"""The grant request as the API, the workflow and the activities all see it: one model per concept."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from haven.lifecycle import Action, Status
+from haven.money import Money
+
+
+class Category(StrEnum):
+    LEGAL_FEES = "legal_fees"
+    SECURE_COMMUNICATIONS = "secure_communications"
+    SAFE_HOUSING = "safe_housing"
+
+
+class Urgency(StrEnum):
+    CRITICAL = "critical"
+    HIGH = "high"
+    NORMAL = "normal"
+
+
+class ThreatLevel(StrEnum):
+    LOW = "low"
+    MODERATE = "moderate"
+    HIGH = "high"
+    SEVERE = "severe"
+
+
+class RiskTier(StrEnum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class TrustLevel(StrEnum):
+    LOW = "low"
+    STANDARD = "standard"
+    HIGH = "high"
+
+
+class PaymentRail(StrEnum):
+    MANUAL = "manual"
+
+
+class Role(StrEnum):
+    INTERMEDIARY = "intermediary"
+    CASEWORKER = "caseworker"
+    DIRECTOR = "director"
+    FINANCE = "finance"
+    ADMIN = "admin"
+
+
+def _text(max_length: int) -> Any:
+    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)]
+
+
+ShortText = _text(200)
+LongText = _text(4000)
+CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
+Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Actor(Strict):
+    """Who did something: the token's subject, roles and organisation, or the system itself."""
+
+    subject: str
+    roles: list[Role] = Field(default_factory=list)
+    organisation: str | None = None
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
+
+
+SYSTEM = Actor(subject="system")
+
+
+# --- intake -----------------------------------------------------------------------------------
+
+
+class Defender(Strict):
+    """As little as possible: the intermediary's pseudonym for the defender, never a name."""
+
+    pseudonym: ShortText = Field(description="The intermediary's stable code name for the defender.")
+
+
+class Payee(Strict):
+    name: ShortText = Field(description="Law firm, vendor, landlord or the intermediary itself.")
+    country: CountryCode
+    rail: PaymentRail = PaymentRail.MANUAL
+    account: Reference | None = Field(default=None, description="IBAN or account reference for a bank transfer.")
+
+
+class GrantRequestSubmission(Strict):
+    """What an intermediary submits. Sensitive fields are kept apart from the workflow."""
+
+    category: Category
+    urgency: Urgency
+    country: CountryCode = Field(description="ISO 3166-1 alpha-2 code of where the defender is.")
+    amount: Money = Field(description="The total requested; safe housing is split evenly over its tranches.")
+    tranches: int = Field(default=1, ge=1, le=24, strict=True)
+    threat_level: ThreatLevel
+    threat_summary: LongText
+    purpose: LongText
+    defender: Defender
+    payee: Payee
+
+    @model_validator(mode="after")
+    def _positive_amount(self) -> "GrantRequestSubmission":
+        if self.amount.minor_units <= 0:
+            raise ValueError("amount.minor_units must be greater than zero")
+        return self
+
+    def sensitive_details(self) -> dict[str, Any]:
+        """The part that identifies or endangers people: stored apart, never sent to Temporal."""
+        return {
+            "defender": self.defender.model_dump(mode="json"),
+            "payee": self.payee.model_dump(mode="json"),
+            "threat_summary": self.threat_summary,
+            "purpose": self.purpose,
+        }
+
+
+# --- the workflow's input -------------------------------------------------------------------
+
+
+class GrantRequestStart(Strict):
+    """The workflow's input: no personal data, and the policy pinned at intake."""
+
+    request_id: str
+    organisation_id: str
+    submitted_by: str
+    category: Category
+    urgency: Urgency
+    country: CountryCode
+    threat_level: ThreatLevel
+    amount: Money
+    tranches: int
+    rail: PaymentRail
+    policy_hash: str
+    received_at: datetime
+
+
+# --- commands: what people do to a request (Workflow Updates) -----------------------------------
+
+
+class DecisionCommand(Strict):
+    actor: Actor
+    kind: Literal["approve", "reject", "request_information"]
+    amount: Money | None = None
+    note: _text(4000) | None = None
+
+    @property
+    def action(self) -> Action:
+        return Action(self.kind)
+
+
+class ScreeningClearance(Strict):
+    actor: Actor
+    note: LongText
+
+
+class InformationResponse(Strict):
+    actor: Actor
+    answer: LongText
+
+
+class ManualPaymentRecord(Strict):
+    actor: Actor
+    amount: Money
+    reference: Reference
+    paid_on: date
+
+
+class PaymentFailureRecord(Strict):
+    actor: Actor
+    reason: LongText
+
+
+class PaymentRetry(Strict):
+    actor: Actor
+
+
+class CheckInRecord(Strict):
+    actor: Actor
+    still_needed: bool
+    note: LongText | None = None
+
+
+class FollowUpReport(Strict):
+    actor: Actor
+    text: LongText
+    receipts: list[Reference] = Field(default_factory=list, max_length=50)
+
+
+class ReportAcceptance(Strict):
+    actor: Actor
+    note: LongText | None = None
+
+
+class Withdrawal(Strict):
+    actor: Actor
+    reason: LongText
+
+
+class ActionResult(Strict):
+    request_id: str
+    status: Status
+    message: str
+
+
+# --- what the workflow knows and answers by query -----------------------------------------------
+
+
+class ScreeningResult(Strict):
+    hit: bool
+    matched_entries: list[str] = Field(default_factory=list)
+    list_version: str
+
+
+class RiskAssessment(Strict):
+    score: int
+    tier: RiskTier
+    factors: dict[str, int]
+    prior_grants_12_months: int
+    prior_granted_base_12_months: int
+
+
+class Approval(Strict):
+    subject: str
+    roles: list[Role]
+    amount: Money
+    at: datetime
+
+
+class Tranche(Strict):
+    number: int
+    amount: Money
+    status: Literal["scheduled", "payment_pending", "paid", "failed", "cancelled"] = "scheduled"
+    paid_on: date | None = None
+    reference: str | None = None
+    check_in_due_at: datetime | None = None
+
+
+class TimelineEntry(Strict):
+    seq: int
+    at: datetime
+    action: str
+    actor: str
+    status: Status
+    facts: dict[str, Any] = Field(default_factory=dict)
+
+
+class GrantRequestState(Strict):
+    """The workflow's own view of the request, returned by the `state` query."""
+
+    request_id: str
+    status: Status
+    policy_hash: str
+    requested: Money
+    granted: Money | None = None
+    screening: ScreeningResult | None = None
+    risk: RiskAssessment | None = None
+    approvals: list[Approval] = Field(default_factory=list)
+    approvals_required: int | None = None
+    director_required: bool | None = None
+    decision_due_at: datetime | None = None
+    escalated: bool = False
+    tranches: list[Tranche] = Field(default_factory=list)
+    current_tranche: int | None = None
+    report_due_at: datetime | None = None
+    report_submitted: bool = False
+    follow_up_overdue: bool = False
+    timeline: list[TimelineEntry] = Field(default_factory=list)
