@@ -150,65 +150,95 @@ class GrantRequestStart(Strict):
 
 
 # --- commands: what people do to a request (Workflow Updates) -----------------------------------
+# Each `...Input` is what a person sends to the API; its command adds who they are (from the token).
 
 
-class DecisionCommand(Strict):
+class Acting(Strict):
     actor: Actor
-    kind: Literal["approve", "reject", "request_information"]
-    amount: Money | None = None
-    note: _text(4000) | None = None
 
+
+class DecisionInput(Strict):
+    kind: Literal["approve", "reject", "request_information"]
+    amount: Money | None = Field(default=None, description="Required to approve; may be lower than requested.")
+    note: _text(4000) | None = Field(default=None, description="Required to reject or to ask for information.")
+
+
+class DecisionCommand(DecisionInput, Acting):
     @property
     def action(self) -> Action:
         return Action(self.kind)
 
 
-class ScreeningClearance(Strict):
-    actor: Actor
+class ScreeningClearanceInput(Strict):
     note: LongText
 
 
-class InformationResponse(Strict):
-    actor: Actor
+class ScreeningClearance(ScreeningClearanceInput, Acting):
+    pass
+
+
+class InformationInput(Strict):
     answer: LongText
 
 
-class ManualPaymentRecord(Strict):
-    actor: Actor
+class InformationResponse(InformationInput, Acting):
+    pass
+
+
+class ManualPaymentInput(Strict):
     amount: Money
-    reference: Reference
+    reference: Reference = Field(description="The bank transfer's reference.")
     paid_on: date
 
 
-class PaymentFailureRecord(Strict):
-    actor: Actor
+class ManualPaymentRecord(ManualPaymentInput, Acting):
+    pass
+
+
+class PaymentFailureInput(Strict):
     reason: LongText
 
 
-class PaymentRetry(Strict):
-    actor: Actor
+class PaymentFailureRecord(PaymentFailureInput, Acting):
+    pass
 
 
-class CheckInRecord(Strict):
-    actor: Actor
+class PaymentRetry(Acting):
+    pass
+
+
+class CheckInInput(Strict):
     still_needed: bool
     note: LongText | None = None
 
 
-class FollowUpReport(Strict):
-    actor: Actor
+class CheckInRecord(CheckInInput, Acting):
+    pass
+
+
+class ReportInput(Strict):
     text: LongText
     receipts: list[Reference] = Field(default_factory=list, max_length=50)
 
 
-class ReportAcceptance(Strict):
-    actor: Actor
+class FollowUpReport(ReportInput, Acting):
+    pass
+
+
+class ReportAcceptanceInput(Strict):
     note: LongText | None = None
 
 
-class Withdrawal(Strict):
-    actor: Actor
+class ReportAcceptance(ReportAcceptanceInput, Acting):
+    pass
+
+
+class WithdrawalInput(Strict):
     reason: LongText
+
+
+class Withdrawal(WithdrawalInput, Acting):
+    pass
 
 
 class ActionResult(Strict):

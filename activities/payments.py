@@ -1,0 +1,78 @@
+"""Disbursement through a payment rail. The rail interface is what Stripe will implement too."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from temporalio import activity
+
+from haven.case_events import DisbursementStarted, PaymentInstruction
+from haven.db import Database, utcnow
+from haven.db.models import GrantRequestRecord, Payment
+from haven.grant_request import PaymentRail
+
+
+class Rail(Protocol):
+    """Pays one tranche. Must be idempotent on `instruction.idempotency_key`."""
+
+    async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted: ...
+
+
+class ManualRail:
+    """Finance pays by bank transfer outside the system and records it (reference, amount, date)
+    through the API; that record confirms the payment."""
+
+    async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted:
+        return DisbursementStarted(outcome="awaiting_confirmation")
+
+
+class Disbursements:
+    def __init__(self, db: Database, rails: dict[PaymentRail, Rail] | None = None):
+        self.db = db
+        self.rails: dict[PaymentRail, Rail] = rails or {PaymentRail.MANUAL: ManualRail()}
+
+    @activity.defn
+    async def start_disbursement(self, instruction: PaymentInstruction) -> DisbursementStarted:
+        payee = await self._open_payment(instruction)
+        return await self.rails[instruction.rail].start(instruction, payee)
+
+    async def _open_payment(self, instruction: PaymentInstruction) -> dict[str, Any]:
+        """One payment row per tranche; a retry after a failure reopens it as a new attempt."""
+        now = utcnow()
+        try:
+            async with self.db.transaction() as session:
+                request = await session.get(GrantRequestRecord, instruction.request_id)
+                if request is None:
+                    raise LookupError(f"no grant request {instruction.request_id}")
+                payment = await session.scalar(
+                    select(Payment)
+                    .where(Payment.request_id == instruction.request_id, Payment.tranche == instruction.tranche)
+                    .with_for_update()
+                )
+                if payment is None:
+                    session.add(
+                        Payment(
+                            request_id=instruction.request_id,
+                            tranche=instruction.tranche,
+                            idempotency_key=instruction.idempotency_key,
+                            rail=instruction.rail,
+                            amount_minor=instruction.amount.minor_units,
+                            currency=instruction.amount.currency,
+                            amount_base_minor=instruction.amount_base_minor,
+                            status="pending",
+                            attempts=instruction.attempt,
+                            created_at=now,
+                            updated_at=now,
+                        )
+                    )
+                elif payment.attempts < instruction.attempt and payment.status == "failed":
+                    payment.status = "pending"
+                    payment.attempts = instruction.attempt
+                    payment.rail = instruction.rail
+                    payment.failure_reason = None
+                    payment.updated_at = now
+                return dict(request.sensitive["payee"])
+        except IntegrityError:
+            return await self._open_payment(instruction)

@@ -1,0 +1,135 @@
+"""Writes the durable record of a request's life. Every write is keyed, so a retry changes nothing."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from temporalio import activity
+
+from haven.case_events import CaseEvent
+from haven.db import Database, utcnow
+from haven.db.models import AuditEvent, CaseMessage, Decision, GrantRequestRecord, Notification, Payment, PolicyRecord
+from policies import PolicyVersion
+from policies.model import Policy
+
+
+class CaseRecords:
+    def __init__(self, db: Database, public_base_url: str):
+        self.db = db
+        self.public_base_url = public_base_url.rstrip("/")
+
+    @activity.defn
+    async def load_pinned_policy(self, policy_hash: str) -> PolicyVersion:
+        async with self.db.sessions() as session:
+            record = await session.get(PolicyRecord, policy_hash)
+        if record is None:
+            raise LookupError(f"no policy version {policy_hash}")
+        return PolicyVersion(hash=record.hash, policy=Policy.model_validate(record.content))
+
+    @activity.defn
+    async def record_event(self, event: CaseEvent) -> bool:
+        """Returns False when this event was already recorded (a retry or a replayed duplicate)."""
+        try:
+            async with self.db.transaction() as session:
+                already = await session.scalar(
+                    select(AuditEvent.id).where(AuditEvent.request_id == event.request_id, AuditEvent.seq == event.seq)
+                )
+                if already is not None:
+                    return False
+                self._write(session, event)
+                await self._project(session, event)
+                await session.flush()
+        except IntegrityError:
+            # A concurrent attempt of this same activity won the race and wrote it all.
+            return False
+        return True
+
+    def _write(self, session, event: CaseEvent) -> None:
+        now = utcnow()
+        session.add(
+            AuditEvent(
+                request_id=event.request_id,
+                seq=event.seq,
+                action=event.action,
+                actor=event.actor.subject,
+                roles=[str(r) for r in event.actor.roles],
+                status_from=event.status_from,
+                status_to=event.status_to,
+                facts=event.facts,
+                occurred_at=event.at,
+                recorded_at=now,
+            )
+        )
+        if event.decision is not None:
+            amount = event.decision.amount
+            session.add(
+                Decision(
+                    request_id=event.request_id,
+                    seq=event.seq,
+                    kind=event.decision.kind,
+                    actor=event.actor.subject,
+                    roles=[str(r) for r in event.actor.roles],
+                    amount_minor=amount.minor_units if amount else None,
+                    currency=amount.currency if amount else None,
+                    note=event.decision.note,
+                    decided_at=event.at,
+                )
+            )
+        if event.message is not None:
+            session.add(
+                CaseMessage(
+                    request_id=event.request_id,
+                    seq=event.seq,
+                    kind=event.message.kind,
+                    author=event.actor.subject,
+                    tranche=event.message.tranche,
+                    body=event.message.body,
+                    written_at=event.at,
+                )
+            )
+        for note in event.notifications:
+            session.add(
+                Notification(
+                    dedupe_key=f"{event.request_id}:{event.seq}:{note.kind}:{note.audience}",
+                    request_id=event.request_id,
+                    kind=note.kind,
+                    audience=note.audience,
+                    payload={
+                        "request_id": event.request_id,
+                        "kind": note.kind,
+                        "status": str(event.status_to),
+                        "link": f"{self.public_base_url}/v1/grant-requests/{event.request_id}",
+                    },
+                    created_at=now,
+                    delivered_at=None,
+                )
+            )
+
+    async def _project(self, session, event: CaseEvent) -> None:
+        now = utcnow()
+        changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
+        # Events may be recorded out of order (an update and the main loop at once): only a newer
+        # event moves the status.
+        await session.execute(
+            update(GrantRequestRecord)
+            .where(GrantRequestRecord.id == event.request_id, GrantRequestRecord.status_seq < event.seq)
+            .values(status=str(event.status_to), status_seq=event.seq, updated_at=now)
+        )
+        if changes:
+            await session.execute(
+                update(GrantRequestRecord).where(GrantRequestRecord.id == event.request_id).values(**changes)
+            )
+        if event.payment is not None:
+            p = event.payment
+            await session.execute(
+                update(Payment)
+                .where(Payment.request_id == event.request_id, Payment.tranche == p.tranche)
+                .values(
+                    status=p.status,
+                    reference=p.reference,
+                    paid_on=p.paid_on,
+                    failure_reason=p.failure_reason,
+                    recorded_by=event.actor.subject,
+                    updated_at=now,
+                )
+            )

@@ -1,0 +1,115 @@
+"""What the workflow asks its activities to do. Each carries the key that makes a retry harmless."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_serializer
+
+from haven.grant_request import Actor, Category, PaymentRail, Strict
+from haven.lifecycle import Status
+from haven.money import Money
+
+
+class RequestProjection(Strict):
+    """Columns of the request's row that a lifecycle event changes; only fields set are written."""
+
+    risk_score: int | None = None
+    risk_tier: str | None = None
+    screening_hit: bool | None = None
+    decision_due_at: datetime | None = None
+    escalated: bool | None = None
+    granted_minor: int | None = None
+    granted_base_minor: int | None = None
+    current_tranche: int | None = None
+    report_due_at: datetime | None = None
+    follow_up_overdue: bool | None = None
+
+
+class DecisionEntry(Strict):
+    kind: str
+    amount: Money | None = None
+    note: str | None = None
+
+
+class MessageEntry(Strict):
+    """Text a person wrote into the case (sensitive): answers, check-ins, reports, notes."""
+
+    kind: Literal["information_request", "information_response", "screening_clearance", "check_in", "report", "report_acceptance", "withdrawal", "payment_failure"]
+    body: dict[str, Any]
+    tranche: int | None = None
+
+
+class PaymentUpdate(Strict):
+    tranche: int
+    status: Literal["paid", "failed", "cancelled"]
+    reference: str | None = None
+    paid_on: date | None = None
+    failure_reason: str | None = None
+
+
+class NotificationRequest(Strict):
+    kind: str
+    audience: str  # a role ("caseworker", "director", "finance") or "org:<id>"
+
+
+class CaseEvent(Strict):
+    """One step of a request's life, recorded atomically: audit event, status projection, and any
+    decision, message, payment change and notifications. (request_id, seq) makes it idempotent."""
+
+    request_id: str
+    seq: int
+    at: datetime
+    action: str
+    actor: Actor
+    status_from: Status
+    status_to: Status
+    facts: dict[str, Any] = Field(default_factory=dict)
+    projection: RequestProjection | None = None
+    decision: DecisionEntry | None = None
+    message: MessageEntry | None = None
+    payment: PaymentUpdate | None = None
+    notifications: list[NotificationRequest] = Field(default_factory=list)
+
+    @field_serializer("projection")
+    def _only_fields_set(self, projection: RequestProjection | None) -> dict[str, Any] | None:
+        # "Set to null" and "not changed" must stay different after the trip through Temporal.
+        return projection.model_dump(mode="json", exclude_unset=True) if projection is not None else None
+
+
+class ReservationRequest(Strict):
+    request_id: str
+    number: int
+    category: Category
+    amount_base_minor: int
+
+
+class ReservationRelease(Strict):
+    request_id: str
+    number: int
+    release_base_minor: int
+    reason: str
+
+
+class PaymentInstruction(Strict):
+    """What a rail needs to pay one tranche. No personal data: the rail reads the payee itself."""
+
+    request_id: str
+    tranche: int
+    attempt: int
+    rail: PaymentRail
+    amount: Money
+    amount_base_minor: int
+
+    @property
+    def idempotency_key(self) -> str:
+        # From the request and tranche only, never the attempt: no retry can pay twice.
+        return f"{self.request_id}:tranche:{self.tranche}"
+
+
+class DisbursementStarted(Strict):
+    """A rail either completes the payment or leaves it awaiting confirmation (manual, webhooks)."""
+
+    outcome: Literal["awaiting_confirmation", "completed"]
+    reference: str | None = None

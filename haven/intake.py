@@ -1,0 +1,209 @@
+"""Intake: a submission is validated, deduplicated by Idempotency-Key, stored, and its workflow
+started. The row is written first, so an acknowledged request can never be lost: if Temporal cannot
+be reached the worker's sweep starts the workflow later (starting is idempotent by request id)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+
+from haven.db import Database, utcnow
+from haven.db.models import GrantRequestRecord, Organisation, PolicyRecord
+from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission
+from haven.lifecycle import Status
+from policies import PolicyVersion
+from policies.rules import PolicyViolation, check_intake, to_base
+
+log = structlog.get_logger(__name__)
+
+
+class IntakeRefused(Exception):
+    """A submission that cannot be accepted; `kind` says which problem it is."""
+
+    def __init__(self, kind: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.kind = kind
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Accepted:
+    record: GrantRequestRecord
+    created: bool
+
+
+def new_request_id() -> str:
+    return "gr_" + secrets.token_hex(10)
+
+
+def body_hash(submission: GrantRequestSubmission) -> str:
+    canonical = json.dumps(submission.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def defender_ref(pseudonym: str, key: bytes) -> str:
+    """A keyed hash: equal for the same pseudonym, useless to anyone without the key."""
+    normalised = " ".join(pseudonym.casefold().split())
+    return hmac.new(key, normalised.encode(), hashlib.sha256).hexdigest()
+
+
+async def record_policy_version(db: Database, pinned: PolicyVersion) -> None:
+    """Stores the policy in force so requests pinned to it can always find it again."""
+    try:
+        async with db.transaction() as session:
+            if await session.get(PolicyRecord, pinned.hash) is None:
+                session.add(
+                    PolicyRecord(
+                        hash=pinned.hash,
+                        name=pinned.policy.name,
+                        content=pinned.policy.model_dump(mode="json"),
+                        created_at=utcnow(),
+                    )
+                )
+    except IntegrityError:
+        pass  # another process recorded it at the same moment
+
+
+class Intake:
+    def __init__(self, db: Database, client: Client, task_queue: str, policy: PolicyVersion, index_key: bytes):
+        self.db = db
+        self.client = client
+        self.task_queue = task_queue
+        self.policy = policy
+        self.index_key = index_key
+
+    async def submit(self, submission: GrantRequestSubmission, actor: Actor, idempotency_key: str) -> Accepted:
+        organisation_id = actor.organisation
+        if not organisation_id:
+            raise IntakeRefused("forbidden", "an intermediary's token must name its organisation (claim 'org')")
+        digest = body_hash(submission)
+        existing = await self._find(organisation_id, idempotency_key)
+        if existing is not None:
+            return await self._replay(existing, digest)
+        try:
+            check_intake(self.policy.policy, submission.category, submission.amount, submission.tranches)
+        except PolicyViolation as violation:
+            raise IntakeRefused("policy", str(violation), violation.field) from None
+
+        now = utcnow()
+        record = GrantRequestRecord(
+            id=new_request_id(),
+            organisation_id=organisation_id,
+            submitted_by=actor.subject,
+            idempotency_key=idempotency_key,
+            body_hash=digest,
+            category=submission.category,
+            urgency=submission.urgency,
+            country=submission.country,
+            threat_level=submission.threat_level,
+            amount_minor=submission.amount.minor_units,
+            currency=submission.amount.currency,
+            amount_base_minor=to_base(self.policy.policy, submission.amount),
+            tranche_count=submission.tranches,
+            rail=submission.payee.rail,
+            policy_hash=self.policy.hash,
+            defender_ref=defender_ref(submission.defender.pseudonym, self.index_key),
+            sensitive=submission.sensitive_details(),
+            status=Status.RECEIVED,
+            status_seq=0,
+            escalated=False,
+            follow_up_overdue=False,
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            async with self.db.transaction() as session:
+                organisation = await session.get(Organisation, organisation_id)
+                if organisation is None:
+                    raise IntakeRefused("forbidden", f"organisation {organisation_id} is not registered with the fund")
+                if not organisation.active:
+                    raise IntakeRefused("forbidden", f"organisation {organisation_id} is suspended and cannot submit")
+                session.add(record)
+        except IntegrityError:
+            # The same key arrived twice at once: the other one was stored first.
+            existing = await self._find(organisation_id, idempotency_key)
+            if existing is None:
+                raise
+            return await self._replay(existing, digest)
+        await self.start_workflow(record)
+        return Accepted(record, created=True)
+
+    async def _find(self, organisation_id: str, idempotency_key: str) -> GrantRequestRecord | None:
+        async with self.db.sessions() as session:
+            return await session.scalar(
+                select(GrantRequestRecord).where(
+                    GrantRequestRecord.organisation_id == organisation_id,
+                    GrantRequestRecord.idempotency_key == idempotency_key,
+                )
+            )
+
+    async def _replay(self, existing: GrantRequestRecord, digest: str) -> Accepted:
+        if existing.body_hash != digest:
+            raise IntakeRefused(
+                "idempotency",
+                "this Idempotency-Key was already used for a different request; use a new key for a new request",
+                "Idempotency-Key",
+            )
+        if existing.status == Status.RECEIVED:
+            await self.start_workflow(existing)
+        return Accepted(existing, created=False)
+
+    async def start_workflow(self, record: GrantRequestRecord) -> bool:
+        """Starts the request's workflow if it is not running yet. Never raises: a request that
+        could not be started now is started by the sweep."""
+        start = GrantRequestStart(
+            request_id=record.id,
+            organisation_id=record.organisation_id,
+            submitted_by=record.submitted_by,
+            category=record.category,
+            urgency=record.urgency,
+            country=record.country,
+            threat_level=record.threat_level,
+            amount={"minor_units": record.amount_minor, "currency": record.currency},
+            tranches=record.tranche_count,
+            rail=record.rail,
+            policy_hash=record.policy_hash,
+            received_at=record.created_at,
+        )
+        try:
+            await self.client.start_workflow(
+                "GrantRequestWorkflow",
+                start,
+                id=record.id,
+                task_queue=self.task_queue,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            )
+            return True
+        except Exception as error:  # noqa: BLE001 - any failure here is retried by the sweep
+            log.warning("workflow_start_deferred", request_id=record.id, error=type(error).__name__)
+            return False
+
+
+async def start_unstarted(intake: Intake, older_than: timedelta = timedelta(seconds=5)) -> int:
+    """The sweep: starts the workflow of every request stored but never started. Returns how many."""
+    cutoff = utcnow() - older_than
+    async with intake.db.sessions() as session:
+        waiting = (
+            await session.scalars(
+                select(GrantRequestRecord).where(
+                    GrantRequestRecord.status == Status.RECEIVED,
+                    GrantRequestRecord.status_seq == 0,
+                    GrantRequestRecord.created_at < cutoff,
+                )
+            )
+        ).all()
+    started = 0
+    for record in waiting:
+        started += await intake.start_workflow(record)
+    return started

