@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from haven.db import Database
@@ -121,6 +122,8 @@ class Harness:
             await handle.execute_update(update, command)
         except WorkflowUpdateFailedError as error:
             return str(error.cause.message if hasattr(error.cause, "message") else error.cause)
+        except RPCError as error:  # the workflow has already completed
+            return f"cannot act: {error.message}"
         raise AssertionError("the action was accepted but should have been refused")
 
     # The steps people take, named as they would name them.

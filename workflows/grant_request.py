@@ -92,6 +92,7 @@ class GrantRequestWorkflow:
         self._check_in: CheckInRecord | None = None
         self._awaiting_report = False
         self._information_asked_at: datetime | None = None
+        self._last_paid_at: datetime | None = None
 
     # --- the lifecycle ------------------------------------------------------------------------
 
@@ -195,24 +196,25 @@ class GrantRequestWorkflow:
             Tranche(number=n + 1, amount=amount)
             for n, amount in enumerate(rules.split_into_tranches(granted, self._start.tranches))
         ]
-        last_paid_at = workflow.now()
         for tranche in self._state.tranches:
             if tranche.number > 1:
+                self._state.current_tranche = tranche.number
                 await self._record(
                     "follow_up_started",
                     to=Status.FOLLOW_UP,
                     facts={"next_tranche": tranche.number},
                     projection=RequestProjection(current_tranche=tranche.number),
                 )
-                if not await self._check_in_before(tranche, last_paid_at):
+                assert self._last_paid_at is not None
+                if not await self._check_in_before(tranche, self._last_paid_at):
                     break
             if not await self._pay(tranche):
                 break
-            last_paid_at = workflow.now()
         if self._state.status in (Status.WITHDRAWN, Status.EXPIRED):
             return
         await self._finish_tranches()
-        await self._follow_up_report(last_paid_at)
+        assert self._last_paid_at is not None
+        await self._follow_up_report(self._last_paid_at)
 
     async def _pay(self, tranche: Tranche) -> bool:
         """Pays one tranche; returns False when the request ended or payment was given up."""
@@ -221,15 +223,8 @@ class GrantRequestWorkflow:
                 await self._reserve(self._unpaid_base())
             attempt = self._payment_attempts.get(tranche.number, 0) + 1
             self._payment_attempts[tranche.number] = attempt
-            tranche.status = "payment_pending"
-            self._state.current_tranche = tranche.number
-            await self._record(
-                "payment_started",
-                to=Status.PAYMENT_PENDING,
-                facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
-                projection=RequestProjection(current_tranche=tranche.number),
-                notify=_notify("payment_due", "finance"),
-            )
+            # The rail is started before the status says payment_pending: a withdrawal is only
+            # accepted once the payment exists to be cancelled, never while money is moving.
             await self._activity(
                 Disbursements.start_disbursement,
                 PaymentInstruction(
@@ -240,6 +235,16 @@ class GrantRequestWorkflow:
                     amount=tranche.amount,
                     amount_base_minor=rules.to_base(self._policy, tranche.amount),
                 ),
+            )
+            tranche.status = "payment_pending"
+            self._state.current_tranche = tranche.number
+            self._retry_requested = False
+            await self._record(
+                "payment_started",
+                to=Status.PAYMENT_PENDING,
+                facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
+                projection=RequestProjection(current_tranche=tranche.number),
+                notify=_notify("payment_due", "finance"),
             )
             await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
             if self._state.status == Status.PAID:
@@ -264,7 +269,6 @@ class GrantRequestWorkflow:
                 return False
             if self._state.status != Status.PAYMENT_FAILED:
                 return False
-            self._retry_requested = False
 
     async def _check_in_before(self, tranche: Tranche, last_paid_at: datetime) -> bool:
         """Safe housing: each further tranche is released only after the intermediary checks in."""
@@ -333,7 +337,7 @@ class GrantRequestWorkflow:
         self._check_decision(command)
         actor = command.actor
         if command.kind == "reject":
-            await self._record(
+            status = await self._record(
                 Action.REJECT,
                 actor,
                 to=Status.REJECTED,
@@ -341,10 +345,10 @@ class GrantRequestWorkflow:
                 projection=RequestProjection(decision_due_at=None),
                 notify=_notify("request_rejected", self._org),
             )
-            return self._result("rejected")
+            return self._result(status, "rejected")
         if command.kind == "request_information":
             self._information_asked_at = workflow.now()
-            await self._record(
+            status = await self._record(
                 Action.REQUEST_INFORMATION,
                 actor,
                 to=Status.INFORMATION_REQUESTED,
@@ -353,7 +357,7 @@ class GrantRequestWorkflow:
                 projection=RequestProjection(decision_due_at=None),
                 notify=_notify("information_requested", self._org),
             )
-            return self._result("information requested from the intermediary")
+            return self._result(status, "information requested from the intermediary")
         assert command.amount is not None
         self._state.approvals.append(
             Approval(subject=actor.subject, roles=actor.roles, amount=command.amount, at=workflow.now())
@@ -371,11 +375,11 @@ class GrantRequestWorkflow:
         }
         decision = DecisionEntry(kind="approve", amount=command.amount, note=command.note)
         if not complete:
-            await self._record(
+            status = await self._record(
                 Action.APPROVE, actor, facts=facts, decision=decision, notify=_notify("approval_needed", "caseworker", "director")
             )
-            return self._result(f"approval recorded; {self._missing_approvals()}")
-        await self._record(
+            return self._result(status, f"approval recorded; {self._missing_approvals()}")
+        status = await self._record(
             Action.APPROVE,
             actor,
             to=Status.APPROVED,
@@ -388,7 +392,7 @@ class GrantRequestWorkflow:
             ),
             notify=_notify("request_approved", self._org),
         )
-        return self._result("approved")
+        return self._result(status, "approved")
 
     @decide.validator
     def _validate_decide(self, command: DecisionCommand) -> None:
@@ -430,13 +434,13 @@ class GrantRequestWorkflow:
     @workflow.update
     async def clear_screening(self, clearance: ScreeningClearance) -> ActionResult:
         self._check_clear_screening(clearance)
-        await self._record(
+        status = await self._record(
             Action.CLEAR_SCREENING,
             clearance.actor,
             to=Status.RISK_ASSESSMENT,
             message=MessageEntry(kind="screening_clearance", body={"note": clearance.note}),
         )
-        return self._result("screening cleared; the request goes on to risk assessment")
+        return self._result(status, "screening cleared; the request goes on to risk assessment")
 
     @clear_screening.validator
     def _validate_clear_screening(self, clearance: ScreeningClearance) -> None:
@@ -452,7 +456,7 @@ class GrantRequestWorkflow:
     @workflow.update
     async def provide_information(self, response: InformationResponse) -> ActionResult:
         self._check_allowed(Action.PROVIDE_INFORMATION)  # re-checked: another action may have come first
-        await self._record(
+        status = await self._record(
             Action.PROVIDE_INFORMATION,
             response.actor,
             to=Status.AWAITING_DECISION,
@@ -460,7 +464,7 @@ class GrantRequestWorkflow:
             projection=self._open_decision_window(),
             notify=_notify("information_provided", "caseworker"),
         )
-        return self._result("information received; the request awaits a decision again")
+        return self._result(status, "information received; the request awaits a decision again")
 
     @provide_information.validator
     def _validate_provide_information(self, response: InformationResponse) -> None:
@@ -472,7 +476,8 @@ class GrantRequestWorkflow:
         tranche.status = "paid"
         tranche.paid_on = payment.paid_on
         tranche.reference = payment.reference
-        await self._record(
+        self._last_paid_at = workflow.now()
+        status = await self._record(
             Action.RECORD_PAYMENT,
             payment.actor,
             to=Status.PAID,
@@ -488,7 +493,7 @@ class GrantRequestWorkflow:
             ),
             notify=_notify("payment_made", self._org),
         )
-        return self._result(f"tranche {tranche.number} recorded as paid")
+        return self._result(status, f"tranche {tranche.number} recorded as paid")
 
     @record_payment.validator
     def _validate_record_payment(self, payment: ManualPaymentRecord) -> None:
@@ -509,7 +514,7 @@ class GrantRequestWorkflow:
         self._check_allowed(Action.RECORD_PAYMENT_FAILURE)  # re-checked: another action may have come first
         tranche = self._current_tranche()
         tranche.status = "failed"
-        await self._record(
+        status = await self._record(
             Action.RECORD_PAYMENT_FAILURE,
             failure.actor,
             to=Status.PAYMENT_FAILED,
@@ -518,7 +523,7 @@ class GrantRequestWorkflow:
             payment=PaymentUpdate(tranche=tranche.number, status="failed", failure_reason=failure.reason),
             notify=_notify("payment_failed", "finance", "caseworker"),
         )
-        return self._result("payment failure recorded; the budget is released until finance retries")
+        return self._result(status, "payment failure recorded; the budget is released until finance retries")
 
     @record_payment_failure.validator
     def _validate_record_payment_failure(self, failure: PaymentFailureRecord) -> None:
@@ -528,8 +533,8 @@ class GrantRequestWorkflow:
     async def retry_payment(self, retry: PaymentRetry) -> ActionResult:
         self._check_retry_payment()
         self._retry_requested = True
-        await self._record(Action.RETRY_PAYMENT, retry.actor, facts={"tranche": self._state.current_tranche})
-        return self._result("payment will be retried")
+        status = await self._record(Action.RETRY_PAYMENT, retry.actor, facts={"tranche": self._state.current_tranche})
+        return self._result(status, "payment will be retried")
 
     @retry_payment.validator
     def _validate_retry_payment(self, retry: PaymentRetry) -> None:
@@ -545,7 +550,7 @@ class GrantRequestWorkflow:
         self._check_check_in()
         tranche = self._check_in_open
         self._check_in = record
-        await self._record(
+        status = await self._record(
             Action.CHECK_IN,
             record.actor,
             facts={"tranche": tranche, "still_needed": record.still_needed},
@@ -554,8 +559,8 @@ class GrantRequestWorkflow:
             ),
         )
         if record.still_needed:
-            return self._result(f"check-in recorded; tranche {tranche} goes to payment")
-        return self._result("check-in recorded; no further tranches will be paid")
+            return self._result(status, f"check-in recorded; tranche {tranche} goes to payment")
+        return self._result(status, "check-in recorded; no further tranches will be paid")
 
     @check_in.validator
     def _validate_check_in(self, record: CheckInRecord) -> None:
@@ -570,14 +575,14 @@ class GrantRequestWorkflow:
     async def submit_report(self, report: FollowUpReport) -> ActionResult:
         self._check_submit_report()
         self._state.report_submitted = True
-        await self._record(
+        status = await self._record(
             Action.SUBMIT_REPORT,
             report.actor,
             facts={"receipts": len(report.receipts)},
             message=MessageEntry(kind="report", body={"text": report.text, "receipts": report.receipts}),
             notify=_notify("report_submitted", "caseworker"),
         )
-        return self._result("report received; a caseworker will review it")
+        return self._result(status, "report received; a caseworker will review it")
 
     @submit_report.validator
     def _validate_submit_report(self, report: FollowUpReport) -> None:
@@ -593,14 +598,14 @@ class GrantRequestWorkflow:
     @workflow.update
     async def accept_report(self, acceptance: ReportAcceptance) -> ActionResult:
         self._check_accept_report(acceptance)
-        await self._record(
+        status = await self._record(
             Action.ACCEPT_REPORT,
             acceptance.actor,
             to=Status.CLOSED,
             message=MessageEntry(kind="report_acceptance", body={"note": acceptance.note}),
             notify=_notify("request_closed", self._org),
         )
-        return self._result("report accepted; the request is closed")
+        return self._result(status, "report accepted; the request is closed")
 
     @accept_report.validator
     def _validate_accept_report(self, acceptance: ReportAcceptance) -> None:
@@ -619,7 +624,7 @@ class GrantRequestWorkflow:
         pending = self._state.current_tranche if self._state.status == Status.PAYMENT_PENDING else None
         if pending is not None:
             self._current_tranche().status = "cancelled"
-        await self._record(
+        status = await self._record(
             Action.WITHDRAW,
             withdrawal.actor,
             to=Status.WITHDRAWN,
@@ -628,7 +633,7 @@ class GrantRequestWorkflow:
             projection=RequestProjection(decision_due_at=None),
             notify=_notify("request_withdrawn", "caseworker", *(["finance"] if pending else [])),
         )
-        return self._result("request withdrawn")
+        return self._result(status, "request withdrawn")
 
     @withdraw.validator
     def _validate_withdraw(self, withdrawal: Withdrawal) -> None:
@@ -636,6 +641,8 @@ class GrantRequestWorkflow:
 
     def _check_withdraw(self) -> None:
         self._check_allowed(Action.WITHDRAW)
+        if self._retry_requested:
+            raise Refused("finance is retrying the payment; it cannot be withdrawn now")
         if any(t.status == "paid" for t in self._state.tranches):
             raise Refused("money has already been paid; a later tranche is stopped by checking in as not needed")
 
@@ -747,12 +754,14 @@ class GrantRequestWorkflow:
         message: MessageEntry | None = None,
         payment: PaymentUpdate | None = None,
         notify: list[NotificationRequest] | None = None,
-    ) -> None:
-        """Moves the state synchronously (so a concurrent action sees it at once), then records it."""
+    ) -> Status:
+        """Moves the state synchronously (so a concurrent action sees it at once), then records it.
+        Returns the status this step left the request in."""
         status_from = self._state.status
         if to is not None:
             check_transition(status_from, to)
             self._state.status = to
+        status_after = self._state.status
         self._seq += 1
         now = workflow.now()
         self._state.timeline.append(
@@ -778,6 +787,7 @@ class GrantRequestWorkflow:
                 notifications=notify or [],
             ),
         )
+        return status_after
 
-    def _result(self, message: str) -> ActionResult:
-        return ActionResult(request_id=self._start.request_id, status=self._state.status, message=message)
+    def _result(self, status: Status, message: str) -> ActionResult:
+        return ActionResult(request_id=self._start.request_id, status=status, message=message)
