@@ -6,7 +6,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from haven.lifecycle import Action, Status
 from haven.money import Money
@@ -113,11 +113,12 @@ class GrantRequestSubmission(Strict):
     defender: Defender
     payee: Payee
 
-    @model_validator(mode="after")
-    def _positive_amount(self) -> "GrantRequestSubmission":
-        if self.amount.minor_units <= 0:
-            raise ValueError("amount.minor_units must be greater than zero")
-        return self
+    @field_validator("amount")
+    @classmethod
+    def _positive_amount(cls, amount: Money) -> Money:
+        if amount.minor_units <= 0:
+            raise ValueError("the amount must be greater than zero")
+        return amount
 
     def sensitive_details(self) -> dict[str, Any]:
         """The part that identifies or endangers people: stored apart, never sent to Temporal."""

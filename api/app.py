@@ -1,0 +1,51 @@
+"""The FastAPI application: settings in, routes wired, errors as problem details."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from haven.db import Database
+from haven.intake import Intake, record_policy_version
+from haven.keys import pseudonym_index_key
+from haven.settings import Settings, get_settings
+from haven.temporal import connect
+from api import problems
+from api.auth import TokenVerifier
+from api.limits import BodyLimit
+from api.routes import grant_requests, health
+from api.services import Services
+from policies import load_policy
+
+
+def create_app(settings: Settings | None = None, *, db: Database | None = None, client: Client | None = None) -> FastAPI:
+    """Builds the app. Tests and `haven run` pass the database and Temporal client they own."""
+    settings = settings or get_settings()
+    verifier = TokenVerifier(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        own_db = db is None
+        database = db or Database(settings.async_database_url)
+        temporal = client or await connect(settings)
+        pinned = load_policy(settings.policy_file)
+        await record_policy_version(database, pinned)
+        intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings))
+        app.state.services = Services(settings, database, temporal, intake, verifier)
+        yield
+        if own_db:
+            await database.dispose()
+
+    app = FastAPI(
+        title="haven",
+        summary="Emergency fund workflow engine for human-rights defenders at risk",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(health.router)
+    app.include_router(grant_requests.router)
+    return app

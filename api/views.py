@@ -1,0 +1,174 @@
+"""What the API returns about a grant request, and to whom."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from haven.db.models import GrantRequestRecord
+from haven.db.queries import CaseFile
+from haven.grant_request import Actor
+from haven.lifecycle import Status
+from haven.money import Money
+from api.permissions import may_read_case
+
+
+class RiskView(BaseModel):
+    score: int
+    tier: str
+
+
+class GrantRequestSummary(BaseModel):
+    id: str
+    organisation_id: str
+    status: Status
+    category: str
+    urgency: str
+    country: str
+    amount: Money
+    granted: Money | None
+    tranches: int
+    risk: RiskView | None
+    decision_due_at: datetime | None
+    escalated: bool
+    current_tranche: int | None
+    report_due_at: datetime | None
+    follow_up_overdue: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+class DecisionView(BaseModel):
+    kind: str
+    actor: str
+    amount: Money | None
+    note: str | None
+    decided_at: datetime
+
+
+class PaymentView(BaseModel):
+    tranche: int
+    rail: str
+    amount: Money
+    status: str
+    attempts: int
+    reference: str | None
+    paid_on: date | None
+    idempotency_key: str
+
+
+class TimelineView(BaseModel):
+    seq: int
+    at: datetime
+    action: str
+    actor: str
+    status_from: str | None
+    status_to: str | None
+    facts: dict[str, Any]
+
+
+class MessageView(BaseModel):
+    seq: int
+    kind: str
+    author: str
+    tranche: int | None
+    body: dict[str, Any]
+    written_at: datetime
+
+
+class GrantRequestView(GrantRequestSummary):
+    threat_level: str
+    rail: str
+    policy_hash: str
+    screening_hit: bool | None
+    details: dict[str, Any] | None
+    decisions: list[DecisionView]
+    payments: list[PaymentView]
+    timeline: list[TimelineView]
+    messages: list[MessageView] | None
+
+
+def summary(record: GrantRequestRecord) -> GrantRequestSummary:
+    return GrantRequestSummary(**_summary_fields(record))
+
+
+def _summary_fields(record: GrantRequestRecord) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "organisation_id": record.organisation_id,
+        "status": record.status,
+        "category": record.category,
+        "urgency": record.urgency,
+        "country": record.country,
+        "amount": Money(minor_units=record.amount_minor, currency=record.currency),
+        "granted": Money(minor_units=record.granted_minor, currency=record.currency)
+        if record.granted_minor is not None
+        else None,
+        "tranches": record.tranche_count,
+        "risk": RiskView(score=record.risk_score, tier=record.risk_tier) if record.risk_score is not None else None,
+        "decision_due_at": record.decision_due_at,
+        "escalated": record.escalated,
+        "current_tranche": record.current_tranche,
+        "report_due_at": record.report_due_at,
+        "follow_up_overdue": record.follow_up_overdue,
+        "created_at": record.created_at,
+        "updated_at": record.updated_at,
+    }
+
+
+def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
+    record = case.request
+    reads_case = may_read_case(reader)
+    # Finance needs the payee to pay; only people working the case see the defender and narrative.
+    details = record.sensitive if reads_case else {"payee": record.sensitive["payee"]}
+    return GrantRequestView(
+        **_summary_fields(record),
+        threat_level=record.threat_level,
+        rail=record.rail,
+        policy_hash=record.policy_hash,
+        screening_hit=record.screening_hit,
+        details=details,
+        decisions=[
+            DecisionView(
+                kind=d.kind,
+                actor=d.actor,
+                amount=Money(minor_units=d.amount_minor, currency=d.currency) if d.amount_minor is not None else None,
+                note=d.note if reads_case else None,
+                decided_at=d.decided_at,
+            )
+            for d in case.decisions
+        ],
+        payments=[
+            PaymentView(
+                tranche=p.tranche,
+                rail=p.rail,
+                amount=Money(minor_units=p.amount_minor, currency=p.currency),
+                status=p.status,
+                attempts=p.attempts,
+                reference=p.reference,
+                paid_on=p.paid_on,
+                idempotency_key=p.idempotency_key,
+            )
+            for p in case.payments
+        ],
+        timeline=[
+            TimelineView(
+                seq=e.seq or 0,
+                at=e.occurred_at,
+                action=e.action,
+                actor=e.actor,
+                status_from=e.status_from,
+                status_to=e.status_to,
+                facts=e.facts,
+            )
+            for e in case.events
+        ],
+        messages=[
+            MessageView(seq=m.seq, kind=m.kind, author=m.author, tranche=m.tranche, body=m.body, written_at=m.written_at)
+            for m in case.messages
+        ]
+        if reads_case
+        else None,
+    )

@@ -1,0 +1,222 @@
+"""`haven`: run the system, its parts, and the small administrative commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from datetime import timedelta
+
+import structlog
+
+from haven.settings import Settings, get_settings
+
+log = structlog.get_logger("haven")
+
+SWEEP_EVERY = timedelta(seconds=15)
+DEV_ORGANISATIONS = [("ngo-1", "Partner NGO One", "standard"), ("ngo-2", "Partner NGO Two", "high")]
+
+
+def _parse_duration(text: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if not text or text[-1] not in units or not text[:-1].isdigit():
+        raise argparse.ArgumentTypeError("a duration like 30m, 8h or 7d")
+    return timedelta(seconds=int(text[:-1]) * units[text[-1]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="haven", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="everything on one machine: Temporal dev server, worker and API")
+    commands.add_parser("api", help="the HTTP API only")
+    commands.add_parser("worker", help="the Temporal worker only")
+    commands.add_parser("migrate", help="bring the app database to the newest schema")
+    token = commands.add_parser("token", help="print a dev-mode bearer token")
+    token.add_argument("--role", action="append", required=True, help="repeat for several roles")
+    token.add_argument("--sub", required=True, help="the user's id")
+    token.add_argument("--org", help="the user's organisation (required for intermediaries)")
+    token.add_argument("--ttl", type=_parse_duration, default=timedelta(hours=8))
+    org = commands.add_parser("org", help="register or update an intermediary organisation")
+    org.add_argument("id")
+    org.add_argument("--name", required=True)
+    org.add_argument("--trust", choices=["low", "standard", "high"], default="standard")
+    org.add_argument("--suspend", action="store_true")
+    args = parser.parse_args(argv)
+    settings = get_settings()
+
+    if args.command == "token":
+        return _token(settings, args)
+    if args.command == "migrate":
+        from haven.db.migrate import upgrade
+
+        upgrade(settings.async_database_url)
+        print("database is at the newest schema")
+        return 0
+    runners = {"run": _run_all, "api": _run_api, "worker": _run_worker, "org": lambda s: _org(s, args)}
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(runners[args.command](settings)) or 0
+    return 0
+
+
+def _token(settings: Settings, args) -> int:
+    from api.auth import TokenVerifier
+    from haven.grant_request import Role
+
+    try:
+        roles = [Role(r) for r in args.role]
+    except ValueError:
+        print(f"roles are: {', '.join(r.value for r in Role)}", file=sys.stderr)
+        return 2
+    if Role.INTERMEDIARY in roles and not args.org:
+        print("an intermediary's token needs --org", file=sys.stderr)
+        return 2
+    print(TokenVerifier(settings).issue(args.sub, roles, args.org, args.ttl))
+    return 0
+
+
+async def _org(settings: Settings, args) -> int:
+    from haven.db import Database, utcnow
+    from haven.db.models import Organisation
+
+    db = Database(settings.async_database_url)
+    async with db.transaction() as session:
+        existing = await session.get(Organisation, args.id)
+        if existing is None:
+            session.add(
+                Organisation(id=args.id, name=args.name, trust_level=args.trust, active=not args.suspend, created_at=utcnow())
+            )
+        else:
+            existing.name, existing.trust_level, existing.active = args.name, args.trust, not args.suspend
+    await db.dispose()
+    print(f"organisation {args.id}: trust {args.trust}, {'suspended' if args.suspend else 'active'}")
+    return 0
+
+
+async def _seed_dev_organisations(db) -> None:
+    from haven.db import utcnow
+    from haven.db.models import Organisation
+
+    async with db.transaction() as session:
+        for org_id, name, trust in DEV_ORGANISATIONS:
+            if await session.get(Organisation, org_id) is None:
+                session.add(Organisation(id=org_id, name=name, trust_level=trust, active=True, created_at=utcnow()))
+
+
+async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> None:
+    from haven.intake import Intake, start_unstarted
+    from haven.keys import pseudonym_index_key
+    from haven.worker import build_worker
+    from policies import load_policy
+
+    intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings))
+    worker = build_worker(client, db, settings)
+
+    async def sweep() -> None:
+        while not stop.is_set():
+            started = await start_unstarted(intake)
+            if started:
+                log.info("intake_sweep_started_workflows", count=started)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), SWEEP_EVERY.total_seconds())
+
+    async with worker:
+        await asyncio.gather(sweep(), stop.wait())
+
+
+async def _serve_api(settings: Settings, client, db, stop: asyncio.Event) -> None:
+    import uvicorn
+
+    from api.app import create_app
+
+    app = create_app(settings, db=db, client=client)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+    server.install_signal_handlers = lambda: None  # we handle signals for all parts together
+    task = asyncio.create_task(server.serve())
+    await stop.wait()
+    server.should_exit = True
+    await task
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _prepare(settings: Settings):
+    from haven.db import Database
+    from haven.db.migrate import upgrade_async
+    from haven.temporal import connect
+
+    await upgrade_async(settings.async_database_url)
+    db = Database(settings.async_database_url)
+    client = await connect(settings)
+    return db, client
+
+
+async def _run_api(settings: Settings) -> int:
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    db, client = await _prepare(settings)
+    await _serve_api(settings, client, db, stop)
+    await db.dispose()
+    return 0
+
+
+async def _run_worker(settings: Settings) -> int:
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    db, client = await _prepare(settings)
+    await _serve_worker(settings, client, db, stop)
+    await db.dispose()
+    return 0
+
+
+async def _run_all(settings: Settings) -> int:
+    from haven import devserver
+
+    if not settings.dev_mode:
+        print("haven run is the embedded development setup: set HAVEN_DEV_MODE=true (make run does)", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    _stop_on_signals(stop)
+    server = devserver.start_dev_server(settings)
+    try:
+        await devserver.wait_until_serving(settings, server)
+        db, client = await _prepare(settings)
+        await _seed_dev_organisations(db)
+        _print_welcome(settings)
+        await asyncio.gather(
+            _serve_worker(settings, client, db, stop),
+            _serve_api(settings, client, db, stop),
+        )
+        await db.dispose()
+    finally:
+        devserver.stop(server)
+        print("haven stopped; everything is kept under", settings.var_dir)
+    return 0
+
+
+def _print_welcome(settings: Settings) -> None:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    print(
+        f"""
+haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_dir}/secrets)
+  API docs     {api}/docs
+  Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}
+  Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
+
+Get a token, in another terminal:
+  .venv/bin/haven token --role intermediary --sub int-1 --org ngo-1
+  .venv/bin/haven token --role caseworker --sub cw-1
+  .venv/bin/haven token --role finance --sub fin-1
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
