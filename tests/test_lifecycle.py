@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 
-from activities import build_activities
 from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.worker import build_worker
@@ -19,12 +18,13 @@ S = Status
 
 
 @pytest.fixture
-async def harness(time_skipping_env, sqlite_db, tmp_path, default_policy):
-    settings = make_settings(tmp_path, sqlite_db.url)
-    worker = build_worker(time_skipping_env.client, sqlite_db, settings)
-    intake = Intake(sqlite_db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
+async def harness(time_skipping_env, db, tmp_path, default_policy):
+    """Each path runs twice: on SQLite (the embedded default) and on PostgreSQL (production)."""
+    settings = make_settings(tmp_path, db.url)
+    worker = build_worker(time_skipping_env.client, db, settings)
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
     async with worker:
-        yield Harness(time_skipping_env, intake, sqlite_db)
+        yield Harness(time_skipping_env, intake, db)
 
 
 async def test_single_approval_runs_to_closed(harness: Harness):
