@@ -4,71 +4,11 @@ that finds every request, and a workflow left waiting, still there."""
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 
-HAVEN = str(Path(sys.executable).parent / "haven")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class RunningHaven:
-    def __init__(self, var_dir: Path):
-        self.api_port = _free_port()
-        self.env = {
-            **os.environ,
-            "HAVEN_DEV_MODE": "true",
-            "HAVEN_VAR_DIR": str(var_dir),
-            "HAVEN_API_PORT": str(self.api_port),
-            "HAVEN_TEMPORAL_ADDRESS": f"127.0.0.1:{_free_port()}",
-            "HAVEN_TEMPORAL_UI_PORT": str(_free_port()),
-        }
-        self.env.pop("HAVEN_DATABASE_URL", None)
-        self.log = var_dir / "haven-run.log"
-        self.process: subprocess.Popen | None = None
-        self.base = f"http://127.0.0.1:{self.api_port}"
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen(
-            [HAVEN, "run"], env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"haven run did not come up:\n{self.log.read_text()[-3000:]}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        """Ctrl-C, as a person would."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise AssertionError("haven run did not stop on Ctrl-C")
-
-    def token(self, *args: str) -> dict[str, str]:
-        out = subprocess.run([HAVEN, "token", *args], env=self.env, capture_output=True, text=True, check=True)
-        return {"Authorization": f"Bearer {out.stdout.strip()}"}
-
+from haven.localstack import LocalHaven
 
 def _until(http: httpx.Client, url: str, headers, status: str, timeout: float = 30) -> dict:
     deadline = time.monotonic() + timeout
@@ -94,14 +34,14 @@ REQUEST = {
 
 
 def test_make_run_lifecycle_and_restart(tmp_path):
-    haven = RunningHaven(tmp_path / "var")
+    haven = LocalHaven(tmp_path / "var")
     haven.start()
     try:
         intermediary = haven.token("--role", "intermediary", "--sub", "int-1", "--org", "ngo-1")
         caseworker = haven.token("--role", "caseworker", "--sub", "cw-1")
         second_caseworker = haven.token("--role", "caseworker", "--sub", "cw-2")
         finance = haven.token("--role", "finance", "--sub", "fin-1")
-        with httpx.Client(base_url=haven.base, timeout=10) as http:
+        with httpx.Client(base_url=haven.base_url, timeout=10) as http:
             created = http.post("/v1/grant-requests", json=REQUEST, headers={**intermediary, "Idempotency-Key": "e2e-1"})
             assert created.status_code == 202, created.text
             url = f"/v1/grant-requests/{created.json()['id']}"
@@ -128,7 +68,7 @@ def test_make_run_lifecycle_and_restart(tmp_path):
 
     haven.start()  # same ./var: the same Temporal history and app database
     try:
-        with httpx.Client(base_url=haven.base, timeout=10) as http:
+        with httpx.Client(base_url=haven.base_url, timeout=10) as http:
             closed = http.get(url, headers=caseworker).json()
             assert closed["status"] == "closed" and closed["payments"][0]["reference"] == "SEPA-E2E-1"
             assert http.post(f"{waiting_url}/decisions", json=approve, headers=caseworker).json()["status"] == "awaiting_decision"

@@ -57,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
     from policies import rules
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
 
 def _notify(kind: str, *audiences: str) -> list[NotificationRequest]:
@@ -225,7 +226,7 @@ class GrantRequestWorkflow:
             self._payment_attempts[tranche.number] = attempt
             # The rail is started before the status says payment_pending: a withdrawal is only
             # accepted once the payment exists to be cancelled, never while money is moving.
-            await self._activity(
+            await self._remote_activity(
                 Disbursements.start_disbursement,
                 PaymentInstruction(
                     request_id=self._start.request_id,
@@ -738,6 +739,14 @@ class GrantRequestWorkflow:
             return condition()
 
     async def _activity(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The app database's own steps: short and idempotent, so they run as local activities
+        (no task-queue round trip each; still recorded in history and retried)."""
+        return await workflow.execute_local_activity_method(
+            fn, args=list(args), start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
+        )
+
+    async def _remote_activity(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Calls beyond our database (payment rails): regular activities, any worker, own timeout."""
         return await workflow.execute_activity_method(
             fn, args=list(args), start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
         )
