@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import structlog
 
+from haven.logging import configure_logging
 from haven.settings import Settings, get_settings
 
 log = structlog.get_logger("haven")
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     org.add_argument("--suspend", action="store_true")
     args = parser.parse_args(argv)
     settings = get_settings()
+    configure_logging(dev_mode=settings.dev_mode)
 
     if args.command == "token":
         return _token(settings, args)
