@@ -8,7 +8,16 @@ from temporalio import activity
 
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
-from haven.db.models import AuditEvent, CaseMessage, Decision, GrantRequestRecord, Notification, Payment, PolicyRecord
+from haven.db.models import (
+    AuditEvent,
+    CaseMessage,
+    Decision,
+    FollowUpReportRecord,
+    GrantRequestRecord,
+    Notification,
+    Payment,
+    PolicyRecord,
+)
 from policies import PolicyVersion
 from policies.model import Policy
 
@@ -87,6 +96,16 @@ class CaseRecords:
                     written_at=event.at,
                 )
             )
+        if event.report is not None and event.report.step == "submitted":
+            session.add(
+                FollowUpReportRecord(
+                    request_id=event.request_id,
+                    text=event.report.text,
+                    receipts=event.report.receipts,
+                    submitted_by=event.actor.subject,
+                    submitted_at=event.at,
+                )
+            )
         for note in event.notifications:
             session.add(
                 Notification(
@@ -118,6 +137,12 @@ class CaseRecords:
         if changes:
             await session.execute(
                 update(GrantRequestRecord).where(GrantRequestRecord.id == event.request_id).values(**changes)
+            )
+        if event.report is not None and event.report.step == "accepted":
+            await session.execute(
+                update(FollowUpReportRecord)
+                .where(FollowUpReportRecord.request_id == event.request_id)
+                .values(accepted_by=event.actor.subject, accepted_at=event.at, acceptance_note=event.report.note)
             )
         if event.payment is not None:
             p = event.payment

@@ -78,6 +78,16 @@ class MessageView(BaseModel):
     written_at: datetime
 
 
+class ReportView(BaseModel):
+    text: str
+    receipts: list[str]
+    submitted_by: str
+    submitted_at: datetime
+    accepted_by: str | None
+    accepted_at: datetime | None
+    acceptance_note: str | None
+
+
 class GrantRequestView(GrantRequestSummary):
     threat_level: str
     rail: str
@@ -88,6 +98,7 @@ class GrantRequestView(GrantRequestSummary):
     payments: list[PaymentView]
     timeline: list[TimelineView]
     messages: list[MessageView] | None
+    report: ReportView | None
 
 
 def summary(record: GrantRequestRecord) -> GrantRequestSummary:
@@ -171,4 +182,5 @@ def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
         ]
         if reads_case
         else None,
+        report=ReportView.model_validate(case.report, from_attributes=True) if case.report and reads_case else None,
     )

@@ -34,11 +34,22 @@ class DecisionEntry(Strict):
 
 
 class MessageEntry(Strict):
-    """Text a person wrote into the case (sensitive): answers, check-ins, reports, notes."""
+    """Text a person wrote into the case (sensitive): questions, answers, check-ins, notes."""
 
-    kind: Literal["information_request", "information_response", "screening_clearance", "check_in", "report", "report_acceptance", "withdrawal", "payment_failure"]
+    kind: Literal[
+        "information_request", "information_response", "screening_clearance", "check_in", "withdrawal", "payment_failure"
+    ]
     body: dict[str, Any]
     tranche: int | None = None
+
+
+class ReportEntry(Strict):
+    """The follow-up report: submitted by the intermediary, then accepted by a caseworker."""
+
+    step: Literal["submitted", "accepted"]
+    text: str | None = None
+    receipts: list[str] = Field(default_factory=list)
+    note: str | None = None
 
 
 class PaymentUpdate(Strict):
@@ -56,7 +67,7 @@ class NotificationRequest(Strict):
 
 class CaseEvent(Strict):
     """One step of a request's life, recorded atomically: audit event, status projection, and any
-    decision, message, payment change and notifications. (request_id, seq) makes it idempotent."""
+    decision, message, report, payment change and notifications. (request_id, seq) makes it idempotent."""
 
     request_id: str
     seq: int
@@ -69,6 +80,7 @@ class CaseEvent(Strict):
     projection: RequestProjection | None = None
     decision: DecisionEntry | None = None
     message: MessageEntry | None = None
+    report: ReportEntry | None = None
     payment: PaymentUpdate | None = None
     notifications: list[NotificationRequest] = Field(default_factory=list)
 

@@ -56,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
         upgrade(settings.async_database_url)
         print("database is at the newest schema")
         return 0
-    runners = {"run": _run_all, "api": _run_api, "worker": _run_worker, "org": lambda s: _org(s, args)}
+    runners = {
+        "run": _run_all,
+        "api": lambda s: _run_part(s, _serve_api),
+        "worker": lambda s: _run_part(s, _serve_worker),
+        "org": lambda s: _org(s, args),
+    }
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(runners[args.command](settings)) or 0
     return 0
@@ -158,20 +163,12 @@ async def _prepare(settings: Settings):
     return db, client
 
 
-async def _run_api(settings: Settings) -> int:
+async def _run_part(settings: Settings, serve) -> int:
+    """One part (API or worker) on its own, as production runs them."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
     db, client = await _prepare(settings)
-    await _serve_api(settings, client, db, stop)
-    await db.dispose()
-    return 0
-
-
-async def _run_worker(settings: Settings) -> int:
-    stop = asyncio.Event()
-    _stop_on_signals(stop)
-    db, client = await _prepare(settings)
-    await _serve_worker(settings, client, db, stop)
+    await serve(settings, client, db, stop)
     await db.dispose()
     return 0
 

@@ -14,7 +14,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from haven.db import Database
-from haven.db.models import AuditEvent, BudgetReservation, GrantRequestRecord, Notification, Payment
+from haven.db.models import AuditEvent, BudgetReservation, FollowUpReportRecord, GrantRequestRecord, Notification, Payment
 from haven.grant_request import (
     ActionResult,
     Actor,
@@ -40,22 +40,23 @@ from workflows import GrantRequestWorkflow
 _keys = itertools.count()
 
 
+# A low-risk legal fees request (score 35: one caseworker approval).
+SAMPLE_REQUEST: dict[str, Any] = {
+    "category": "legal_fees",
+    "urgency": "normal",
+    "country": "KE",
+    "amount": {"minor_units": 150_000, "currency": "EUR"},
+    "tranches": 1,
+    "threat_level": "moderate",
+    "threat_summary": "Summoned for questioning after publishing a report.",
+    "purpose": "Retainer for a defence lawyer.",
+    "defender": {"pseudonym": "falcon-17"},
+    "payee": {"name": "Wanjiru & Partners Advocates", "country": "KE", "account": "KE00 1234 5678"},
+}
+
+
 def submission(**overrides: Any) -> GrantRequestSubmission:
-    """A low-risk legal fees request by default (score 35: one caseworker approval)."""
-    body: dict[str, Any] = {
-        "category": "legal_fees",
-        "urgency": "normal",
-        "country": "KE",
-        "amount": {"minor_units": 150_000, "currency": "EUR"},
-        "tranches": 1,
-        "threat_level": "moderate",
-        "threat_summary": "Summoned for questioning after publishing a report.",
-        "purpose": "Retainer for a defence lawyer.",
-        "defender": {"pseudonym": "falcon-17"},
-        "payee": {"name": "Wanjiru & Partners Advocates", "country": "KE", "account": "KE00 1234 5678"},
-    }
-    body.update(overrides)
-    return GrantRequestSubmission.model_validate(body)
+    return GrantRequestSubmission.model_validate({**SAMPLE_REQUEST, **overrides})
 
 
 def caseworker(n: int = 1, org: str = "fund") -> Actor:
@@ -191,6 +192,10 @@ class Harness:
         async with self.db.sessions() as session:
             rows = await session.scalars(select(AuditEvent).where(AuditEvent.request_id == request_id).order_by(AuditEvent.seq))
             return list(rows)
+
+    async def report_row(self, request_id: str) -> FollowUpReportRecord | None:
+        async with self.db.sessions() as session:
+            return await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == request_id))
 
     async def notifications(self, request_id: str) -> list[Notification]:
         async with self.db.sessions() as session:

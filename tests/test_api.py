@@ -16,18 +16,9 @@ from api.app import create_app
 from haven.db.models import AuditEvent, GrantRequestRecord
 from haven.worker import build_worker
 from tests.conftest import make_settings
+from tests.harness import SAMPLE_REQUEST
 
-BODY = {
-    "category": "legal_fees",
-    "urgency": "high",
-    "country": "KE",
-    "amount": {"minor_units": 150_000, "currency": "EUR"},
-    "threat_level": "moderate",
-    "threat_summary": "Summoned for questioning after publishing a report.",
-    "purpose": "Retainer for a defence lawyer.",
-    "defender": {"pseudonym": "falcon-17"},
-    "payee": {"name": "Wanjiru & Partners Advocates", "country": "KE", "account": "KE00 1234"},
-}
+BODY = {**SAMPLE_REQUEST, "urgency": "high"}
 
 
 class Api:
@@ -323,5 +314,6 @@ async def test_whole_lifecycle_through_http(api: Api):
     view = await api.until_status(created["id"], "closed")
     assert view["granted"] == {"minor_units": 150_000, "currency": "EUR"}
     assert view["payments"][0]["reference"] == "SEPA-2026-0042" and view["payments"][0]["status"] == "paid"
-    assert [m["kind"] for m in view["messages"]] == ["information_request", "information_response", "report", "report_acceptance"]
+    assert [m["kind"] for m in view["messages"]] == ["information_request", "information_response"]
+    assert view["report"]["receipts"] == ["INV-2026-17"] and view["report"]["accepted_by"] == "cw-2"
     assert view["timeline"][-1]["action"] == "accept_report"

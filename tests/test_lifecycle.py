@@ -52,6 +52,8 @@ async def test_single_approval_runs_to_closed(harness: Harness):
     assert (payment.status, payment.reference, payment.idempotency_key) == ("paid", "BANK-REF-1", f"{handle.id}:tranche:1")
     [reservation] = await harness.reservations(handle.id)
     assert (reservation.status, reservation.released_base_minor) == ("settled", 0)
+    report = await harness.report_row(handle.id)
+    assert (report.receipts, report.submitted_by, report.accepted_by) == (["INV-7"], "int-ngo-1-1", "cw-1")
     actions = [e.action for e in await harness.audit(handle.id)]
     assert actions == [
         "screening_started", "screened", "risk_assessed", "approve", "budget_reserved", "payment_started",

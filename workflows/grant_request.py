@@ -26,6 +26,7 @@ with workflow.unsafe.imports_passed_through():
         NotificationRequest,
         PaymentInstruction,
         PaymentUpdate,
+        ReportEntry,
         RequestProjection,
         ReservationRelease,
         ReservationRequest,
@@ -580,7 +581,7 @@ class GrantRequestWorkflow:
             Action.SUBMIT_REPORT,
             report.actor,
             facts={"receipts": len(report.receipts)},
-            message=MessageEntry(kind="report", body={"text": report.text, "receipts": report.receipts}),
+            report=ReportEntry(step="submitted", text=report.text, receipts=report.receipts),
             notify=_notify("report_submitted", "caseworker"),
         )
         return self._result(status, "report received; a caseworker will review it")
@@ -603,7 +604,7 @@ class GrantRequestWorkflow:
             Action.ACCEPT_REPORT,
             acceptance.actor,
             to=Status.CLOSED,
-            message=MessageEntry(kind="report_acceptance", body={"note": acceptance.note}),
+            report=ReportEntry(step="accepted", note=acceptance.note),
             notify=_notify("request_closed", self._org),
         )
         return self._result(status, "report accepted; the request is closed")
@@ -761,6 +762,7 @@ class GrantRequestWorkflow:
         projection: RequestProjection | None = None,
         decision: DecisionEntry | None = None,
         message: MessageEntry | None = None,
+        report: ReportEntry | None = None,
         payment: PaymentUpdate | None = None,
         notify: list[NotificationRequest] | None = None,
     ) -> Status:
@@ -792,6 +794,7 @@ class GrantRequestWorkflow:
                 projection=projection,
                 decision=decision,
                 message=message,
+                report=report,
                 payment=payment,
                 notifications=notify or [],
             ),

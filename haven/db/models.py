@@ -202,7 +202,7 @@ class Payment(Base):
 
 class CaseMessage(Base):
     """What intermediaries and caseworkers write into a case: information requests and answers,
-    check-ins, follow-up reports, screening notes. Sensitive text."""
+    check-ins, screening notes, reasons for withdrawals and failed payments. Sensitive text."""
 
     __tablename__ = "case_messages"
     __table_args__ = (UniqueConstraint("request_id", "seq", name="uq_case_messages_request_seq"),)
@@ -215,6 +215,22 @@ class CaseMessage(Base):
     tranche: Mapped[int | None] = mapped_column(Integer)
     body: Mapped[dict[str, Any]]
     written_at: Mapped[datetime]
+
+
+class FollowUpReportRecord(Base):
+    """The intermediary's report and receipts after payment, and the caseworker's acceptance."""
+
+    __tablename__ = "follow_up_reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    receipts: Mapped[list[Any]]
+    submitted_by: Mapped[str] = mapped_column(String(200))
+    submitted_at: Mapped[datetime]
+    accepted_by: Mapped[str | None] = mapped_column(String(200))
+    accepted_at: Mapped[datetime | None]
+    acceptance_note: Mapped[str | None] = mapped_column(Text)
 
 
 class Notification(Base):

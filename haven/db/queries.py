@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, select
 
 from haven.db import Database
-from haven.db.models import AuditEvent, CaseMessage, Decision, GrantRequestRecord, Payment
+from haven.db.models import AuditEvent, CaseMessage, Decision, FollowUpReportRecord, GrantRequestRecord, Payment
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class CaseFile:
     payments: list[Payment]
     events: list[AuditEvent]
     messages: list[CaseMessage]
+    report: FollowUpReportRecord | None
 
 
 async def find_request(db: Database, request_id: str, organisation_id: str | None) -> GrantRequestRecord | None:
@@ -51,6 +52,7 @@ async def case_file(db: Database, record: GrantRequestRecord) -> CaseFile:
             payments=await rows(Payment, Payment.tranche),
             events=await rows(AuditEvent, AuditEvent.seq),
             messages=await rows(CaseMessage, CaseMessage.seq),
+            report=await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == record.id)),
         )
 
 

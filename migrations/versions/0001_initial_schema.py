@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 16:26:46.062048
+Create Date: 2026-11-24 16:54:34.852620
 """
 from alembic import op
 import sqlalchemy as sa
@@ -157,6 +157,20 @@ def upgrade() -> None:
     with op.batch_alter_table('decisions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_decisions_request_id'), ['request_id'], unique=False)
 
+    op.create_table('follow_up_reports',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('request_id', sa.String(length=40), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('receipts', sa.JSON(), nullable=False),
+    sa.Column('submitted_by', sa.String(length=200), nullable=False),
+    sa.Column('submitted_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('accepted_by', sa.String(length=200), nullable=True),
+    sa.Column('accepted_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('acceptance_note', sa.Text(), nullable=True),
+    sa.ForeignKeyConstraint(['request_id'], ['grant_requests.id'], name=op.f('fk_follow_up_reports_request_id_grant_requests')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_follow_up_reports')),
+    sa.UniqueConstraint('request_id', name=op.f('uq_follow_up_reports_request_id'))
+    )
     op.create_table('payments',
     sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
     sa.Column('request_id', sa.String(length=40), nullable=False),
@@ -189,6 +203,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_payments_request_id'))
 
     op.drop_table('payments')
+    op.drop_table('follow_up_reports')
     with op.batch_alter_table('decisions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_decisions_request_id'))
 
