@@ -7,6 +7,7 @@ organisation scoping says which requests they can see."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated
 
 from fastapi import Depends
 
@@ -58,7 +59,7 @@ CASE_READERS: frozenset[Role] = frozenset({R.INTERMEDIARY, R.CASEWORKER, R.DIREC
 def require(operation: Operation):
     allowed = PERMISSIONS[operation]
 
-    async def dependency(actor: Actor = Depends(current_actor)) -> Actor:
+    async def dependency(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
         if not allowed.intersection(actor.roles):
             raise Problem(403, "forbidden", f"your roles may not {operation.value}")
         if operation is Operation.SUBMIT and not actor.organisation:

@@ -305,7 +305,7 @@ async def test_three_monthly_housing_tranches_each_after_a_check_in(harness: Har
     await harness.pay(handle, 100_000, reference="RENT-1")
 
     for number in (2, 3):
-        state = await harness.until(handle, lambda s: s.status == S.FOLLOW_UP and s.current_tranche == number)
+        state = await harness.until(handle, lambda s, n=number: s.status == S.FOLLOW_UP and s.current_tranche == n)
         assert "no check-in is due" in await harness.refused(handle, GrantRequestWorkflow.check_in, _check_in())
         await harness.env.sleep(timedelta(days=30))
         await harness.until(handle, lambda s: s.timeline[-1].action == "check_in_due")

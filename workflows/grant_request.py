@@ -4,7 +4,6 @@ pinned at intake."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -736,7 +735,7 @@ class GrantRequestWorkflow:
         try:
             await workflow.wait_condition(condition, timeout=remaining)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return condition()
 
     async def _activity(self, fn: Callable[..., Any], *args: Any) -> Any:
