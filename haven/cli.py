@@ -79,7 +79,9 @@ def _token(settings: Settings, args) -> int:
     if Role.INTERMEDIARY in roles and not args.org:
         print("an intermediary's token needs --org", file=sys.stderr)
         return 2
-    print(TokenVerifier(settings).issue(args.sub, roles, args.org, args.ttl))
+    # Tokens signed with the dev secret are what this command is for, whichever terminal runs it.
+    dev = settings.model_copy(update={"dev_mode": True})
+    print(TokenVerifier(dev).issue(args.sub, roles, args.org, args.ttl))
     return 0
 
 
@@ -209,7 +211,7 @@ haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_
 
 Get a token, in another terminal:
   .venv/bin/haven token --role intermediary --sub int-1 --org ngo-1
-  .venv/bin/haven token --role caseworker --sub cw-1
+  .venv/bin/haven token --role caseworker --sub cw-1   (and cw-2: larger grants need four eyes)
   .venv/bin/haven token --role finance --sub fin-1
 Ctrl-C stops everything.
 """,

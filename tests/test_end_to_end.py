@@ -76,3 +76,16 @@ def test_make_run_lifecycle_and_restart(tmp_path):
             _until(http, waiting_url, finance, "payment_pending")
     finally:
         haven.stop()
+
+
+def test_token_works_from_a_second_terminal_without_dev_mode_set(tmp_path):
+    """`make run` sets HAVEN_DEV_MODE for itself only; the README's token commands run elsewhere."""
+    import os
+    import subprocess
+
+    from haven.localstack import HAVEN
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAVEN_")} | {"HAVEN_VAR_DIR": str(tmp_path)}
+    out = subprocess.run([HAVEN, "token", "--role", "caseworker", "--sub", "cw-1"], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count(".") == 2 and (tmp_path / "secrets" / "jwt-hs256").exists()
