@@ -120,7 +120,7 @@ class CaseRecords:
                         "link": f"{self.public_base_url}/v1/grant-requests/{event.request_id}",
                     },
                     created_at=now,
-                    delivered_at=None,
+                    dispatched_at=None,
                 )
             )
 

@@ -32,7 +32,7 @@ class TokenVerifier:
                 "production keys from an identity provider are configured with a JWKS"
             )
         self.key = jwt_secret(settings)
-        self.algorithms = [a for a in settings.jwt_algorithms if a == "HS256"]
+        self.algorithms = ["HS256"]
         self.audience = settings.jwt_audience
         self.issuer = settings.jwt_issuer
 

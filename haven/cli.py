@@ -94,7 +94,7 @@ async def _org(settings: Settings, args) -> int:
         existing = await session.get(Organisation, args.id)
         if existing is None:
             session.add(
-                Organisation(id=args.id, name=args.name, trust_level=args.trust, active=not args.suspend, created_at=utcnow())
+                Organisation(id=args.id, name=args.name, trust_level=args.trust, active=not args.suspend, created_at=utcnow(), updated_at=utcnow())
             )
         else:
             existing.name, existing.trust_level, existing.active = args.name, args.trust, not args.suspend

@@ -30,12 +30,39 @@ class Settings(BaseSettings):
     policy_file: Path = REPO_ROOT / "policies" / "default.yaml"
     denied_parties_file: Path = REPO_ROOT / "policies" / "denied_parties.yaml"
 
-    # Authentication. Dev mode must be switched on explicitly: it allows HS256 with a shared secret.
+    # Authentication. Production tokens come from an OIDC provider and are checked against its
+    # JWKS (a file or an https URL). Dev mode must be switched on explicitly: it also accepts
+    # HS256 tokens signed with a local shared secret (`haven token`).
     dev_mode: bool = False
     jwt_secret: str = ""
     jwt_audience: str = "haven-api"
     jwt_issuer: str = "haven-dev"
-    jwt_algorithms: list[str] = Field(default_factory=lambda: ["HS256"])
+    jwks_url: str = ""
+    jwks_file: Path | None = None
+    jwt_algorithms: list[str] = Field(default_factory=lambda: ["RS256", "ES256"])
+    jwt_leeway_seconds: int = 30
+    # Where the provider puts roles and the organisation; dotted paths (Keycloak: realm_access.roles).
+    jwt_roles_claim: str = "roles"
+    jwt_organisation_claim: str = "org"
+    # Keys are cached; an unknown `kid` triggers a refresh, at most this often.
+    jwks_cache_seconds: int = 3600
+    jwks_min_refresh_seconds: int = 30
+
+    # Intake: each organisation may submit this many requests per minute (bursts up to the same).
+    intake_rate_per_minute: int = 30
+
+    # Notifications. E-mail goes to rostered staff and organisation inboxes over SMTP; webhooks
+    # are signed with the organisation's secret (HMAC-SHA256). No SMTP host: e-mail is not sent.
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_sender: str = "haven@localhost"
+    notification_poll_seconds: float = 2.0
+    notification_max_attempts: int = 8
+    notification_retry_base_seconds: float = 30.0
+    webhook_timeout_seconds: float = 10.0
 
     # Keyed hash that lets us find prior grants to the same defender pseudonym
     # without storing the pseudonym itself.

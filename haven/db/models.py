@@ -63,7 +63,27 @@ class Organisation(Base):
     name: Mapped[str] = mapped_column(String(200))
     trust_level: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Where the organisation hears about its requests: an inbox and/or a signed webhook.
+    notification_email: Mapped[str | None] = mapped_column(String(320))
+    webhook_url: Mapped[str | None] = mapped_column(String(2000))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime]
+    updated_at: Mapped[datetime | None]
+
+
+class StaffMember(Base):
+    """The fund's roster: caseworkers, directors and finance staff who can be assigned requests
+    and are notified by e-mail. Keyed by the identity provider's subject (`sub`)."""
+
+    __tablename__ = "staff_members"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    email: Mapped[str] = mapped_column(String(320))
+    roles: Mapped[list[Any]]
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
 
 
 class PolicyRecord(Base):
@@ -119,6 +139,10 @@ class GrantRequestRecord(Base):
     current_tranche: Mapped[int | None] = mapped_column(Integer)
     report_due_at: Mapped[datetime | None]
     follow_up_overdue: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    # The caseworker holding the request; set and handed over through the API, not the workflow.
+    assigned_to: Mapped[str | None] = mapped_column(String(200), index=True)
+    assigned_at: Mapped[datetime | None]
 
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
@@ -234,7 +258,8 @@ class FollowUpReportRecord(Base):
 
 
 class Notification(Base):
-    """The outbox. Payloads carry ids and links only, never personal data."""
+    """The outbox. Payloads carry ids and links only, never personal data. The dispatcher fans
+    each row out into deliveries (one per inbox or webhook) and stamps `dispatched_at`."""
 
     __tablename__ = "notifications"
 
@@ -245,4 +270,26 @@ class Notification(Base):
     audience: Mapped[str] = mapped_column(String(64))  # a role, or "org:<id>"
     payload: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    dispatched_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class NotificationDelivery(Base):
+    """One notification to one recipient over one channel, retried with back-off until delivered
+    or given up. (notification, channel, target) is unique so fan-out can be repeated safely."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("notification_id", "channel", "target", name="uq_notification_deliveries_target"),
+        Index("ix_notification_deliveries_due", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    notification_id: Mapped[int] = mapped_column(ForeignKey("notifications.id"), index=True)
+    channel: Mapped[str] = mapped_column(String(16))  # email | webhook
+    target: Mapped[str] = mapped_column(String(2000))  # an address or a URL
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime]
+    last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
