@@ -14,10 +14,18 @@ from haven.settings import Settings, get_settings
 from haven.temporal import connect
 from api import problems
 from api.auth import TokenVerifier
-from api.limits import BodyLimit
-from api.routes import grant_requests, health
+from api.limits import BodyLimit, RateLimit
+from api.routes import grant_requests, health, organisations, staff
 from api.services import Services
 from policies import load_policy
+
+
+ROUTERS = [health.router, grant_requests.router, organisations.router, staff.router]
+
+
+def routes():
+    """Every API route, as declared (the permission table is printed from these)."""
+    return [route for router in ROUTERS for route in router.routes]
 
 
 def create_app(settings: Settings | None = None, *, db: Database | None = None, client: Client | None = None) -> FastAPI:
@@ -33,7 +41,9 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         pinned = load_policy(settings.policy_file)
         await record_policy_version(database, pinned)
         intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings))
-        app.state.services = Services(settings, database, temporal, intake, verifier)
+        app.state.services = Services(
+            settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute)
+        )
         yield
         if own_db:
             await database.dispose()
@@ -46,6 +56,6 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     )
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
-    app.include_router(health.router)
-    app.include_router(grant_requests.router)
+    for router in ROUTERS:
+        app.include_router(router)
     return app

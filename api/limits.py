@@ -1,6 +1,12 @@
-"""Refuses oversized bodies and non-JSON bodies before they are read into memory or parsed."""
+"""Limits on what a caller can send: body size and type (before anything is parsed), and how
+fast an organisation may submit requests."""
 
 from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,8 +32,9 @@ class BodyLimit:
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await too_large(scope, receive, send)
             return
+        has_body = (declared is not None and declared != b"0") or b"transfer-encoding" in headers
         content_type = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-        if content_type != b"application/json":
+        if has_body and content_type != b"application/json":
             await problem_response(
                 415, "unsupported-media-type", "send the body as application/json", instance=scope["path"]
             )(scope, receive, send)
@@ -52,3 +59,35 @@ class BodyLimit:
 
 class _TooLarge(Exception):
     pass
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimit:
+    """A token bucket per key: `per_minute` calls a minute, bursts up to the same number.
+    In-process: each API replica counts for itself, so N replicas allow N times the rate."""
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic):
+        self.capacity = float(per_minute)
+        self.refill_per_second = per_minute / 60.0
+        self.clock = clock
+        self.buckets: dict[str, _Bucket] = {}
+
+    def take(self, key: str) -> float:
+        """Takes one call; returns 0 if allowed, else the seconds until one is allowed."""
+        now = self.clock()
+        bucket = self.buckets.setdefault(key, _Bucket(self.capacity, now))
+        bucket.tokens = min(self.capacity, bucket.tokens + (now - bucket.updated) * self.refill_per_second)
+        bucket.updated = now
+        if bucket.tokens >= 1:
+            bucket.tokens -= 1
+            return 0.0
+        return (1 - bucket.tokens) / self.refill_per_second
+
+    @staticmethod
+    def retry_after(wait: float) -> str:
+        return str(max(1, math.ceil(wait)))

@@ -32,6 +32,11 @@ class Operation(StrEnum):
     SUBMIT_REPORT = "submit the follow-up report"
     ACCEPT_REPORT = "accept the follow-up report"
     WITHDRAW = "withdraw a request"
+    ASSIGN = "assign or hand over a request"
+    LIST_STAFF = "list the staff roster"
+    MANAGE_STAFF = "add or change a staff member"
+    LIST_ORGANISATIONS = "list organisations"
+    MANAGE_ORGANISATIONS = "register, suspend or change an organisation"
 
 
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
@@ -48,6 +53,11 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.SUBMIT_REPORT: frozenset({R.INTERMEDIARY}),
     Operation.ACCEPT_REPORT: frozenset({R.CASEWORKER, R.DIRECTOR}),
     Operation.WITHDRAW: frozenset({R.INTERMEDIARY}),
+    Operation.ASSIGN: frozenset({R.CASEWORKER, R.DIRECTOR}),
+    Operation.LIST_STAFF: frozenset({R.CASEWORKER, R.DIRECTOR, R.ADMIN}),
+    Operation.MANAGE_STAFF: frozenset({R.ADMIN}),
+    Operation.LIST_ORGANISATIONS: frozenset({R.ADMIN}),
+    Operation.MANAGE_ORGANISATIONS: frozenset({R.ADMIN}),
 }
 
 # Intermediaries see and act on their own organisation's requests only.
@@ -66,7 +76,44 @@ def require(operation: Operation):
             raise Problem(403, "forbidden", "an intermediary's token must name its organisation (claim 'org')")
         return actor
 
+    dependency.operation = operation  # lets the permission table be printed from the routes themselves
     return dependency
+
+
+def operation_of(route) -> Operation | None:
+    """The operation a route requires, read from its dependencies."""
+    dependant = getattr(route, "dependant", None)  # plain routes (docs, openapi.json) have none
+    for dependency in dependant.dependencies if dependant else ():
+        operation = getattr(dependency.call, "operation", None)
+        if operation is not None:
+            return operation
+    return None
+
+
+def permission_table(routes) -> str:
+    """The README's permission table, built from the routes and PERMISSIONS (a test keeps them equal)."""
+    roles = list(Role)
+    lines = [
+        "| Endpoint | Operation | " + " | ".join(r.value for r in roles) + " |",
+        "|---|---|" + "---|" * len(roles),
+    ]
+    for route in routes:
+        operation = operation_of(route)
+        if operation is None:
+            continue
+        for method in sorted(route.methods):
+            marks = []
+            for role in roles:
+                if role not in PERMISSIONS[operation]:
+                    marks.append("")
+                elif role in ORGANISATION_SCOPED:
+                    marks.append("own org")
+                elif operation is Operation.READ and role not in CASE_READERS:
+                    marks.append("payment data, no narrative")
+                else:
+                    marks.append("yes")
+            lines.append(f"| `{method} {route.path}` | {operation.value} | " + " | ".join(marks) + " |")
+    return "\n".join(lines)
 
 
 def scoped_to_organisation(actor: Actor) -> str | None:

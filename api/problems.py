@@ -24,6 +24,7 @@ TITLES = {
     413: "Request body too large",
     415: "Unsupported media type",
     422: "Unprocessable request",
+    429: "Too many requests",
     503: "Service unavailable",
 }
 
@@ -42,6 +43,13 @@ class ProblemBody(BaseModel):
     detail: str
     instance: str | None = None
     errors: list[FieldError] | None = None
+
+
+# Documented on every route: what can go wrong, each as a problem body.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ProblemBody, "content": {PROBLEM_JSON: {}}, "description": TITLES[code]}
+    for code in (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)
+}
 
 
 class Problem(Exception):

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 from temporalio.client import Client
 
 from haven.db import Database
 from haven.intake import Intake
 from haven.settings import Settings
 from api.auth import TokenVerifier
+from api.limits import RateLimit
 
 
 @dataclass
@@ -20,7 +23,11 @@ class Services:
     client: Client
     intake: Intake
     verifier: TokenVerifier
+    intake_rate: RateLimit
 
 
 def services(request: Request) -> Services:
     return request.app.state.services
+
+
+Svc = Annotated[Services, Depends(services)]

@@ -36,6 +36,7 @@ class GrantRequestSummary(BaseModel):
     current_tranche: int | None
     report_due_at: datetime | None
     follow_up_overdue: bool
+    assigned_to: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -124,6 +125,7 @@ def _summary_fields(record: GrantRequestRecord) -> dict[str, Any]:
         "current_tranche": record.current_tranche,
         "report_due_at": record.report_due_at,
         "follow_up_overdue": record.follow_up_overdue,
+        "assigned_to": record.assigned_to,
         "created_at": record.created_at,
         "updated_at": record.updated_at,
     }

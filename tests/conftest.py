@@ -41,15 +41,16 @@ def default_policy():
 
 
 def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
-    return Settings(
-        var_dir=tmp,
-        database_url=database_url,
-        dev_mode=True,
-        jwt_secret="test-secret-" + "x" * 32,
-        pseudonym_index_key="test-pseudonym-key",
-        task_queue=f"test-{uuid.uuid4().hex[:8]}",
-        **overrides,
-    )
+    values = {
+        "var_dir": tmp,
+        "database_url": database_url,
+        "dev_mode": True,
+        "jwt_secret": "test-secret-" + "x" * 32,
+        "pseudonym_index_key": "test-pseudonym-key",
+        "task_queue": f"test-{uuid.uuid4().hex[:8]}",
+        "intake_rate_per_minute": 10_000,
+    }
+    return Settings(**{**values, **overrides})
 
 
 async def prepare_database(url: str, policy) -> Database:

@@ -162,7 +162,7 @@ async def test_intermediaries_see_only_their_organisation(api: Api):
     missing = await api.http.get("/v1/grant-requests/gr_doesnotexist", headers=api.intermediary("ngo-1"))
     assert other.json()["detail"].replace(theirs["id"], "X") == missing.json()["detail"].replace("gr_doesnotexist", "X")
     listed = await api.http.get("/v1/grant-requests", headers=api.intermediary("ngo-1"))
-    assert [r["id"] for r in listed.json()] == [mine["id"]]
+    assert [r["id"] for r in listed.json()["items"]] == [mine["id"]]
     withdraw = await api.http.post(
         f"/v1/grant-requests/{theirs['id']}/withdraw", json={"reason": "x"}, headers=api.intermediary("ngo-1")
     )
@@ -293,7 +293,7 @@ async def test_whole_lifecycle_through_http(api: Api):
     assert created["status"] == "received"
     url = f"/v1/grant-requests/{created['id']}"
     await api.until_status(created["id"], "awaiting_decision")
-    queue = (await api.http.get("/v1/grant-requests?status=awaiting_decision", headers=api.token("caseworker", "cw-1"))).json()
+    queue = (await api.http.get("/v1/grant-requests?status=awaiting_decision", headers=api.token("caseworker", "cw-1"))).json()["items"]
     assert [r["id"] for r in queue] == [created["id"]] and queue[0]["decision_due_at"]
 
     ask = {"kind": "request_information", "note": "Please send the lawyer's quote."}

@@ -3,13 +3,17 @@ the reason when refused) and the response says what it did."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Query, Response
+from fastapi import APIRouter, Depends, Header, Path, Query, Response
+from pydantic import BaseModel
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from haven.db.queries import QueueFilter, case_file, find_request, list_requests
+from haven.assignment import AssignmentInput, AssignmentRefused, assign
+from haven.audit import record_case_read
+from haven.db import utcnow
+from haven.db.queries import NOBODY, QueueFilter, QueuePosition, case_file, find_request, list_requests
 from haven.grant_request import (
     ActionResult,
     Actor,
@@ -39,19 +43,17 @@ from haven.grant_request import (
 )
 from haven.intake import IntakeRefused
 from haven.lifecycle import Status
-from api.permissions import Operation, require, scoped_to_organisation
-from api.problems import Problem, ProblemBody
-from api.services import Services, services
+from api.limits import RateLimit
+from api.permissions import Operation, may_read_case, require, scoped_to_organisation
+from api.problems import PROBLEM_RESPONSES, Problem
+from api.services import Services, Svc
 from api.views import GrantRequestSummary, GrantRequestView, full_view, summary
 from workflows import GrantRequestWorkflow
 
 router = APIRouter(prefix="/v1/grant-requests", tags=["grant requests"])
 
-PROBLEMS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ProblemBody, "content": {"application/problem+json": {}}}
-    for code in (400, 401, 403, 404, 409, 413, 415, 422, 503)
-}
-Svc = Annotated[Services, Depends(services)]
+PROBLEMS = PROBLEM_RESPONSES
+RequestId = Annotated[str, Path(max_length=40, description="the grant request's id, e.g. gr_3f9a…")]
 
 
 class EmptyBody(Strict):
@@ -67,7 +69,16 @@ async def submit_grant_request(
     actor: Annotated[Actor, Depends(require(Operation.SUBMIT))],
 ) -> GrantRequestSummary:
     """An intermediary submits an urgent request. The same Idempotency-Key with the same body
-    returns the same request; with another body it is refused."""
+    returns the same request; with another body it is refused. Each organisation may submit
+    a limited number of requests a minute (429 with Retry-After beyond it)."""
+    wait = svc.intake_rate.take(actor.organisation or "")
+    if wait:
+        raise Problem(
+            429,
+            "rate-limited",
+            "your organisation has submitted too many requests in the last minute; retry after the given delay",
+            headers={"Retry-After": RateLimit.retry_after(wait)},
+        )
     try:
         accepted = await svc.intake.submit(body, actor, idempotency_key)
     except IntakeRefused as refused:
@@ -80,39 +91,82 @@ async def submit_grant_request(
     return summary(accepted.record)
 
 
-@router.get("", response_model=list[GrantRequestSummary], responses=PROBLEMS)
+class GrantRequestPage(BaseModel):
+    items: list[GrantRequestSummary]
+    next_cursor: str | None = None
+
+
+@router.get("", response_model=GrantRequestPage, responses=PROBLEMS)
 async def list_grant_requests(
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.LIST))],
     status: Annotated[list[Status] | None, Query()] = None,
     urgency: Urgency | None = None,
     category: Category | None = None,
+    country: Annotated[str | None, Query(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2")] = None,
+    assigned_to: Annotated[
+        str | None, Query(max_length=200, description="`me`, `nobody`, or a staff member's subject")
+    ] = None,
+    overdue: Annotated[
+        Literal["true"] | None, Query(description="only requests past their decision deadline or follow-up date")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
-) -> list[GrantRequestSummary]:
+    cursor: Annotated[str | None, Query(max_length=400, description="`next_cursor` from the previous page")] = None,
+) -> GrantRequestPage:
     """The queue, soonest decision deadline first. Intermediaries see their organisation's only."""
+    try:
+        after = QueuePosition.decode(cursor) if cursor else None
+    except ValueError:
+        raise Problem(
+            422, "validation-error", "cursor: not a cursor from this queue", errors=[{"field": "cursor", "message": "not a cursor from this queue"}]
+        ) from None
     where = QueueFilter(
         statuses=[str(s) for s in status] if status else None,
         urgency=urgency,
         category=category,
+        country=country,
         organisation_id=scoped_to_organisation(actor),
+        assigned_to={"me": actor.subject, "nobody": NOBODY}.get(assigned_to or "", assigned_to),
+        overdue_at=utcnow() if overdue else None,
+        after=after,
         limit=limit,
-        offset=offset,
     )
-    return [summary(r) for r in await list_requests(svc.db, where)]
+    records, position = await list_requests(svc.db, where)
+    return GrantRequestPage(items=[summary(r) for r in records], next_cursor=position.encode() if position else None)
 
 
 @router.get("/{request_id}", response_model=GrantRequestView, responses=PROBLEMS)
 async def get_grant_request(
-    request_id: str, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.READ))]
+    request_id: RequestId, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.READ))]
 ) -> GrantRequestView:
+    """The case file. Every read is audited (who, when, which request) before it is returned."""
     record = await _visible(svc, request_id, actor)
+    await record_case_read(svc.db, actor, request_id, view="case" if may_read_case(actor) else "payment")
     return full_view(await case_file(svc.db, record), actor)
+
+
+@router.put("/{request_id}/assignment", response_model=GrantRequestSummary, responses=PROBLEMS)
+async def assign_grant_request(
+    request_id: RequestId,
+    body: AssignmentInput,
+    svc: Svc,
+    actor: Annotated[Actor, Depends(require(Operation.ASSIGN))],
+) -> GrantRequestSummary:
+    """Assign the request to a caseworker or director on the roster, hand it over, or (null)
+    put it back in the unassigned queue."""
+    await _visible(svc, request_id, actor)
+    try:
+        record = await assign(svc.db, actor, request_id, body.assignee)
+    except AssignmentRefused as refused:
+        if refused.field:
+            raise Problem(422, "assignment-refused", str(refused), errors=[{"field": refused.field, "message": str(refused)}]) from None
+        raise Problem(409, "assignment-refused", str(refused)) from None
+    return summary(record)
 
 
 @router.post("/{request_id}/decisions", response_model=ActionResult, responses=PROBLEMS)
 async def decide(
-    request_id: str, body: DecisionInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.DECIDE))]
+    request_id: RequestId, body: DecisionInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.DECIDE))]
 ) -> ActionResult:
     """Approve (with an amount, possibly lower than requested), reject, or request information."""
     command = DecisionCommand(actor=actor, **body.model_dump())
@@ -121,7 +175,7 @@ async def decide(
 
 @router.post("/{request_id}/screening-clearance", response_model=ActionResult, responses=PROBLEMS)
 async def clear_screening(
-    request_id: str,
+    request_id: RequestId,
     body: ScreeningClearanceInput,
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.CLEAR_SCREENING))],
@@ -133,7 +187,7 @@ async def clear_screening(
 
 @router.post("/{request_id}/information", response_model=ActionResult, responses=PROBLEMS)
 async def provide_information(
-    request_id: str,
+    request_id: RequestId,
     body: InformationInput,
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.PROVIDE_INFORMATION))],
@@ -144,7 +198,7 @@ async def provide_information(
 
 @router.post("/{request_id}/payments", response_model=ActionResult, responses=PROBLEMS)
 async def record_payment(
-    request_id: str,
+    request_id: RequestId,
     body: ManualPaymentInput,
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.RECORD_PAYMENT))],
@@ -156,7 +210,7 @@ async def record_payment(
 
 @router.post("/{request_id}/payment-failures", response_model=ActionResult, responses=PROBLEMS)
 async def record_payment_failure(
-    request_id: str,
+    request_id: RequestId,
     body: PaymentFailureInput,
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.RECORD_PAYMENT_FAILURE))],
@@ -168,14 +222,14 @@ async def record_payment_failure(
 
 @router.post("/{request_id}/payment-retries", response_model=ActionResult, responses=PROBLEMS)
 async def retry_payment(
-    request_id: str, body: EmptyBody, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.RETRY_PAYMENT))]
+    request_id: RequestId, body: EmptyBody, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.RETRY_PAYMENT))]
 ) -> ActionResult:
     return await _act(svc, request_id, actor, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=actor))
 
 
 @router.post("/{request_id}/check-ins", response_model=ActionResult, responses=PROBLEMS)
 async def check_in(
-    request_id: str, body: CheckInInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.CHECK_IN))]
+    request_id: RequestId, body: CheckInInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.CHECK_IN))]
 ) -> ActionResult:
     """Safe housing: the intermediary confirms the defender still needs the next tranche."""
     command = CheckInRecord(actor=actor, **body.model_dump())
@@ -184,7 +238,7 @@ async def check_in(
 
 @router.post("/{request_id}/reports", response_model=ActionResult, responses=PROBLEMS)
 async def submit_report(
-    request_id: str, body: ReportInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.SUBMIT_REPORT))]
+    request_id: RequestId, body: ReportInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.SUBMIT_REPORT))]
 ) -> ActionResult:
     command = FollowUpReport(actor=actor, **body.model_dump())
     return await _act(svc, request_id, actor, GrantRequestWorkflow.submit_report, command)
@@ -192,7 +246,7 @@ async def submit_report(
 
 @router.post("/{request_id}/report-acceptance", response_model=ActionResult, responses=PROBLEMS)
 async def accept_report(
-    request_id: str,
+    request_id: RequestId,
     body: ReportAcceptanceInput,
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.ACCEPT_REPORT))],
@@ -204,7 +258,7 @@ async def accept_report(
 
 @router.post("/{request_id}/withdraw", response_model=ActionResult, responses=PROBLEMS)
 async def withdraw(
-    request_id: str, body: WithdrawalInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.WITHDRAW))]
+    request_id: RequestId, body: WithdrawalInput, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.WITHDRAW))]
 ) -> ActionResult:
     command = Withdrawal(actor=actor, **body.model_dump())
     return await _act(svc, request_id, actor, GrantRequestWorkflow.withdraw, command)

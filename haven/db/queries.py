@@ -2,12 +2,48 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import Select, select
+from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from haven.db import Database
 from haven.db.models import AuditEvent, CaseMessage, Decision, FollowUpReportRecord, GrantRequestRecord, Payment
+
+
+NOBODY = ""  # `assigned_to=NOBODY` asks for unassigned requests
+
+
+@dataclass(frozen=True)
+class QueuePosition:
+    """Where a page ended, in the queue's sort order: decision deadline (none last), age, id."""
+
+    decision_due_at: datetime | None
+    created_at: datetime
+    id: str
+
+    def encode(self) -> str:
+        raw = json.dumps(
+            [self.decision_due_at.isoformat() if self.decision_due_at else None, self.created_at.isoformat(), self.id]
+        )
+        return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> "QueuePosition":
+        """Raises ValueError for anything that is not a cursor this API handed out."""
+        try:
+            due, created, request_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+            position = cls(
+                datetime.fromisoformat(due) if due is not None else None, datetime.fromisoformat(created), str(request_id)
+            )
+        except (binascii.Error, UnicodeDecodeError, json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError("not a cursor from this queue") from error
+        if position.created_at.tzinfo is None or (due is not None and position.decision_due_at.tzinfo is None):
+            raise ValueError("not a cursor from this queue")
+        return position
 
 
 @dataclass(frozen=True)
@@ -15,9 +51,12 @@ class QueueFilter:
     statuses: list[str] | None = None
     urgency: str | None = None
     category: str | None = None
+    country: str | None = None
     organisation_id: str | None = None
+    assigned_to: str | None = None  # a subject, or NOBODY
+    overdue_at: datetime | None = None  # only requests overdue at this moment
+    after: QueuePosition | None = None
     limit: int = 50
-    offset: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,32 +89,57 @@ async def case_file(db: Database, record: GrantRequestRecord) -> CaseFile:
             request=record,
             decisions=await rows(Decision, Decision.seq),
             payments=await rows(Payment, Payment.tranche),
-            events=await rows(AuditEvent, AuditEvent.seq),
+            events=list(
+                await session.scalars(
+                    # Lifecycle events only; reads of the case are audited too, but are not its history.
+                    select(AuditEvent)
+                    .where(AuditEvent.request_id == record.id, AuditEvent.seq.is_not(None))
+                    .order_by(AuditEvent.seq)
+                )
+            ),
             messages=await rows(CaseMessage, CaseMessage.seq),
             report=await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == record.id)),
         )
 
 
-async def list_requests(db: Database, where: QueueFilter) -> list[GrantRequestRecord]:
-    """The caseworker queue: soonest decision deadline first, then oldest."""
-    query = select(GrantRequestRecord)
+async def list_requests(db: Database, where: QueueFilter) -> tuple[list[GrantRequestRecord], QueuePosition | None]:
+    """The caseworker queue, soonest decision deadline first (none last), then oldest; one page
+    and the position to continue from (None on the last page). Keyset pagination: a page never
+    skips or repeats a request when others arrive meanwhile."""
+    r = GrantRequestRecord
+    query = select(r)
     if where.statuses:
-        query = query.where(GrantRequestRecord.status.in_(where.statuses))
+        query = query.where(r.status.in_(where.statuses))
     if where.urgency:
-        query = query.where(GrantRequestRecord.urgency == where.urgency)
+        query = query.where(r.urgency == where.urgency)
     if where.category:
-        query = query.where(GrantRequestRecord.category == where.category)
+        query = query.where(r.category == where.category)
+    if where.country:
+        query = query.where(r.country == where.country)
     if where.organisation_id is not None:
-        query = query.where(GrantRequestRecord.organisation_id == where.organisation_id)
-    query = (
-        query.order_by(
-            GrantRequestRecord.decision_due_at.is_(None),
-            GrantRequestRecord.decision_due_at,
-            GrantRequestRecord.created_at,
-            GrantRequestRecord.id,
-        )
-        .limit(where.limit)
-        .offset(where.offset)
-    )
+        query = query.where(r.organisation_id == where.organisation_id)
+    if where.assigned_to is not None:
+        query = query.where(r.assigned_to.is_(None) if where.assigned_to == NOBODY else r.assigned_to == where.assigned_to)
+    if where.overdue_at is not None:
+        query = query.where(or_(r.decision_due_at < where.overdue_at, r.follow_up_overdue.is_(True)))
+    if where.after is not None:
+        query = query.where(_after(where.after))
+    query = query.order_by(r.decision_due_at.is_(None), r.decision_due_at, r.created_at, r.id).limit(where.limit + 1)
     async with db.sessions() as session:
-        return list(await session.scalars(query))
+        rows = list(await session.scalars(query))
+    if len(rows) <= where.limit:
+        return rows, None
+    last = rows[where.limit - 1]
+    return rows[: where.limit], QueuePosition(last.decision_due_at, last.created_at, last.id)
+
+
+def _after(position: QueuePosition) -> ColumnElement[bool]:
+    r = GrantRequestRecord
+    later_same_due = or_(r.created_at > position.created_at, and_(r.created_at == position.created_at, r.id > position.id))
+    if position.decision_due_at is None:
+        return and_(r.decision_due_at.is_(None), later_same_due)
+    return or_(
+        r.decision_due_at.is_(None),
+        r.decision_due_at > position.decision_due_at,
+        and_(r.decision_due_at == position.decision_due_at, later_same_due),
+    )

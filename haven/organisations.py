@@ -1,0 +1,131 @@
+"""Intermediary organisations: who may submit (active or suspended), how much they are trusted,
+and where they hear about their requests. Managed by administrators; every change is audited."""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from dataclasses import dataclass
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from pydantic import EmailStr, Field, StringConstraints, field_validator
+from sqlalchemy import select
+
+from haven.audit import record_change
+from haven.db import Database, utcnow
+from haven.db.models import Organisation
+from haven.grant_request import Actor, Strict, TrustLevel
+
+ORGANISATION_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
+LOOPBACK_HOSTS = {"localhost"}
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_webhook_url(url: str) -> str:
+    """https only (plain http to this machine is allowed, for development), no credentials."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an absolute https URL")
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        raise ValueError("must use https (plain http only to this machine)")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; requests are signed instead")
+    return url
+
+
+class OrganisationInput(Strict):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    trust_level: TrustLevel
+    active: bool = True
+    notification_email: EmailStr | None = Field(default=None, max_length=320)
+    webhook_url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        return check_webhook_url(value) if value is not None else None
+
+
+class UnknownOrganisation(LookupError):
+    pass
+
+
+class NoWebhook(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Saved:
+    organisation: Organisation
+    created: bool
+    # Shown once, when a webhook is first configured or its secret rotated; never readable later.
+    new_webhook_secret: str | None = None
+
+
+def _new_secret() -> str:
+    return "whsec_" + secrets.token_urlsafe(32)
+
+
+async def list_organisations(db: Database) -> list[Organisation]:
+    async with db.sessions() as session:
+        return list(await session.scalars(select(Organisation).order_by(Organisation.id)))
+
+
+async def save_organisation(db: Database, actor: Actor, organisation_id: str, data: OrganisationInput) -> Saved:
+    now = utcnow()
+    async with db.transaction() as session:
+        organisation = await session.get(Organisation, organisation_id, with_for_update=True)
+        created = organisation is None
+        if organisation is None:
+            organisation = Organisation(id=organisation_id, created_at=now)
+            session.add(organisation)
+        before = {
+            "trust_level": organisation.trust_level,
+            "active": organisation.active,
+            "notification_email": organisation.notification_email,
+            "webhook_url": organisation.webhook_url,
+        }
+        organisation.name = data.name
+        organisation.trust_level = str(data.trust_level)
+        organisation.active = data.active
+        organisation.notification_email = data.notification_email
+        organisation.webhook_url = data.webhook_url
+        organisation.updated_at = now
+        secret = None
+        if data.webhook_url and not organisation.webhook_secret:
+            secret = organisation.webhook_secret = _new_secret()
+        changed = sorted(
+            field for field, old in before.items() if created or old != getattr(organisation, field)
+        )
+        record_change(
+            session,
+            actor,
+            "organisation_registered" if created else "organisation_updated",
+            organisation=organisation_id,
+            changed=changed,
+            trust_level=organisation.trust_level,
+            active=organisation.active,
+        )
+    return Saved(organisation, created, secret)
+
+
+async def rotate_webhook_secret(db: Database, actor: Actor, organisation_id: str) -> Saved:
+    async with db.transaction() as session:
+        organisation = await session.get(Organisation, organisation_id, with_for_update=True)
+        if organisation is None:
+            raise UnknownOrganisation(organisation_id)
+        if not organisation.webhook_url:
+            raise NoWebhook(f"organisation {organisation_id} has no webhook URL")
+        secret = organisation.webhook_secret = _new_secret()
+        organisation.updated_at = utcnow()
+        record_change(session, actor, "webhook_secret_rotated", organisation=organisation_id)
+    return Saved(organisation, False, secret)

@@ -1,0 +1,166 @@
+"""Every role against every endpoint, on a request of its own organisation and of another.
+
+The expectations below are written out by hand, as the specification; they are deliberately not
+read from `api.permissions.PERMISSIONS`, so a wrong entry there (or a route guarded by the wrong
+operation) fails this test. A refused call must leave no trace of the caller in the audit log."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from temporalio.testing import WorkflowEnvironment
+
+from api.app import create_app, routes
+from api.permissions import operation_of, permission_table
+from haven.db import utcnow
+from haven.db.models import AuditEvent, Organisation, StaffMember
+from haven.grant_request import Role
+from haven.settings import REPO_ROOT
+from haven.temporal import DATA_CONVERTER
+from haven.worker import build_worker
+from tests.conftest import make_settings, prepare_database, venv_binary
+from tests.harness import SAMPLE_REQUEST
+
+I, C, D, F, A = "intermediary", "caseworker", "director", "finance", "admin"
+ROLES = [I, C, D, F, A]
+EUR = {"minor_units": 1_000, "currency": "EUR"}
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str  # {id} is a grant request, {org} an organisation, {sub} a staff member
+    allowed: frozenset[str]
+    body: dict | None = None
+
+    @property
+    def about_a_request(self) -> bool:
+        return "{id}" in self.path
+
+
+def E(method: str, path: str, allowed: set[str], body: dict | None = None) -> Endpoint:
+    return Endpoint(method, path, frozenset(allowed), body)
+
+
+ENDPOINTS = [
+    E("POST", "/v1/grant-requests", {I}, SAMPLE_REQUEST),
+    E("GET", "/v1/grant-requests", {I, C, D, F}),
+    E("GET", "/v1/grant-requests/{id}", {I, C, D, F}),
+    E("POST", "/v1/grant-requests/{id}/decisions", {C, D}, {"kind": "approve", "amount": EUR}),
+    E("POST", "/v1/grant-requests/{id}/screening-clearance", {C, D}, {"note": "a different person"}),
+    E("POST", "/v1/grant-requests/{id}/information", {I}, {"answer": "the quote is attached"}),
+    E("POST", "/v1/grant-requests/{id}/payments", {F}, {"amount": EUR, "reference": "SEPA-1", "paid_on": "2026-11-24"}),
+    E("POST", "/v1/grant-requests/{id}/payment-failures", {F}, {"reason": "account closed"}),
+    E("POST", "/v1/grant-requests/{id}/payment-retries", {F}, {}),
+    E("POST", "/v1/grant-requests/{id}/check-ins", {I}, {"still_needed": True}),
+    E("POST", "/v1/grant-requests/{id}/reports", {I}, {"text": "done", "receipts": ["R-1"]}),
+    E("POST", "/v1/grant-requests/{id}/report-acceptance", {C, D}, {"note": "receipts match"}),
+    E("POST", "/v1/grant-requests/{id}/withdraw", {I}, {"reason": "no longer needed"}),
+    E("PUT", "/v1/grant-requests/{id}/assignment", {C, D}, {"assignee": "cw-roster"}),
+    E("GET", "/v1/organisations", {A}),
+    E("PUT", "/v1/organisations/{org}", {A}, {"name": "New partner", "trust_level": "standard"}),
+    E("POST", "/v1/organisations/{org}/webhook-secret", {A}),
+    E("GET", "/v1/staff", {C, D, A}),
+    E("PUT", "/v1/staff/{sub}", {A}, {"name": "New colleague", "email": "new@example.org", "roles": ["caseworker"]}),
+]
+
+
+def _cases():
+    for endpoint in ENDPOINTS:
+        for role in ROLES:
+            for whose in ("own", "other") if endpoint.about_a_request else ("-",):
+                yield pytest.param(endpoint, role, whose, id=f"{endpoint.method} {endpoint.path} {role} {whose}")
+
+
+class Access:
+    def __init__(self, http: httpx.AsyncClient, app, db):
+        self.http, self.app, self.db = http, app, db
+        self.serial = itertools.count()
+
+    def headers(self, role: str, subject: str, organisation: str | None = None) -> dict[str, str]:
+        # Intermediaries belong to ngo-1 unless told otherwise; fund staff carry no organisation.
+        organisation = organisation or ("ngo-1" if role == I else None)
+        token = self.app.state.services.verifier.issue(subject, [Role(role)], organisation, timedelta(minutes=5))
+        return {"Authorization": f"Bearer {token}", "Idempotency-Key": f"access-{next(self.serial)}"}
+
+    async def new_request(self, organisation: str) -> str:
+        headers = self.headers(I, f"submitter-{organisation}", organisation)
+        response = await self.http.post("/v1/grant-requests", json=SAMPLE_REQUEST, headers=headers)
+        assert response.status_code == 202, response.text
+        return response.json()["id"]
+
+    async def audit_rows_by(self, subject: str) -> int:
+        async with self.db.sessions() as session:
+            return await session.scalar(select(func.count()).select_from(AuditEvent).where(AuditEvent.actor == subject))
+
+
+@pytest.fixture(scope="module")
+async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
+    tmp = tmp_path_factory.mktemp("access")
+    db = await prepare_database(f"sqlite+aiosqlite:///{tmp / 'haven.db'}", default_policy)
+    async with db.transaction() as session:
+        now = utcnow()
+        session.add(StaffMember(subject="cw-roster", name="Roster Caseworker", email="cw@example.org",
+                                roles=["caseworker"], active=True, created_at=now, updated_at=now))  # fmt: skip
+        session.add(Organisation(id="ngo-hook", name="hook", trust_level="standard", active=True,
+                                 webhook_url="https://hooks.example.org/haven", webhook_secret="s", created_at=now))  # fmt: skip
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
+    )
+    settings = make_settings(tmp, db.url)
+    app = create_app(settings, db=db, client=env.client)
+    async with build_worker(env.client, db, settings), app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://haven.test") as http:
+            yield Access(http, app, db)
+    await env.shutdown()
+    await db.dispose()
+
+
+@pytest.mark.parametrize(("endpoint", "role", "whose"), list(_cases()))
+async def test_role_endpoint_organisation(access: Access, endpoint: Endpoint, role: str, whose: str):
+    n = next(access.serial)
+    subject = f"{role}-{n}"
+    path = endpoint.path.replace("{org}", "ngo-hook" if "webhook" in endpoint.path else f"org-{n}")
+    path = path.replace("{sub}", f"staff-{n}")
+    if endpoint.about_a_request:
+        path = path.replace("{id}", await access.new_request("ngo-1" if whose == "own" else "ngo-2"))
+    response = await access.http.request(
+        endpoint.method, path, json=endpoint.body, headers=access.headers(role, subject)
+    )
+
+    if role not in endpoint.allowed:
+        expected = 403
+    elif role == I and whose == "other":
+        expected = 404  # the same answer as for an id that does not exist: ids cannot be probed
+    else:
+        expected = None
+    if expected is not None:
+        assert response.status_code == expected, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert await access.audit_rows_by(subject) == 0, "a refused call left a trace in the audit log"
+    else:
+        # Reached the operation: done, or refused by the workflow for the request's current status.
+        assert response.status_code in (200, 201, 202, 409), response.text
+        assert response.status_code != 409 or response.json()["type"] == "urn:haven:problem:action-refused"
+
+
+def test_the_readme_shows_the_permission_table_of_the_routes():
+    table = permission_table(routes())
+    readme = (REPO_ROOT / "README.md").read_text()
+    assert table in readme, "README.md's permission table is out of date; replace it with:\n\n" + table
+
+
+def test_the_specification_above_covers_every_guarded_route():
+    guarded = {(method, route.path) for route in routes() if operation_of(route) is not None for method in route.methods}
+    specified = {
+        (e.method, e.path.replace("{id}", "{request_id}").replace("{org}", "{organisation_id}").replace("{sub}", "{subject}"))
+        for e in ENDPOINTS
+    }
+    assert guarded == specified
