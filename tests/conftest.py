@@ -21,6 +21,9 @@ from haven.settings import REPO_ROOT, Settings
 from haven.temporal import DATA_CONVERTER
 from policies import load_policy
 
+# The `api` fixture (the app over a time-skipping server) is shared by several test modules.
+pytest_plugins = ["tests.api_harness"]
+
 POSTGRES_URL = os.environ.get("HAVEN_TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
 # CI sets this so that a missing PostgreSQL fails the run instead of skipping its tests.
 POSTGRES_REQUIRED = os.environ.get("HAVEN_TEST_REQUIRE_POSTGRES") == "1"
