@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from haven.lifecycle import Action, Status
 from haven.money import Money
@@ -55,14 +56,28 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+def _no_control_characters(value: str) -> str:
+    # Text in any script is welcome; control characters (NUL above all, which PostgreSQL cannot
+    # store) never belong in a case and are refused rather than silently stripped.
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 def _text(max_length: int) -> Any:
-    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)]
+    return Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
+        AfterValidator(_no_control_characters),
+    ]
 
 
 ShortText = _text(200)
 LongText = _text(4000)
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
-Reference = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Reference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_control_characters)
+]
 
 
 class Strict(BaseModel):

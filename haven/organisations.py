@@ -15,7 +15,7 @@ from sqlalchemy import select
 from haven.audit import record_change
 from haven.db import Database, utcnow
 from haven.db.models import Organisation
-from haven.grant_request import Actor, Strict, TrustLevel
+from haven.grant_request import Actor, ShortText, Strict, TrustLevel
 
 ORGANISATION_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
 LOOPBACK_HOSTS = {"localhost"}
@@ -43,7 +43,7 @@ def check_webhook_url(url: str) -> str:
 
 
 class OrganisationInput(Strict):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: ShortText
     trust_level: TrustLevel
     active: bool = True
     notification_email: EmailStr | None = Field(default=None, max_length=320)

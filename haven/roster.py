@@ -3,15 +3,14 @@ sign in through the identity provider; the roster links their subject to a name 
 
 from __future__ import annotations
 
-from typing import Annotated
 
-from pydantic import EmailStr, Field, StringConstraints, field_validator
+from pydantic import EmailStr, Field, field_validator
 from sqlalchemy import select
 
 from haven.audit import record_change
 from haven.db import Database, utcnow
 from haven.db.models import StaffMember
-from haven.grant_request import Actor, Role, Strict
+from haven.grant_request import Actor, Role, ShortText, Strict
 
 SUBJECT = r"^[A-Za-z0-9._:|@+-]{1,200}$"
 STAFF_ROLES = frozenset({Role.CASEWORKER, Role.DIRECTOR, Role.FINANCE, Role.ADMIN})
@@ -20,7 +19,7 @@ ASSIGNABLE_ROLES = frozenset({Role.CASEWORKER, Role.DIRECTOR})
 
 
 class StaffMemberInput(Strict):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+    name: ShortText
     email: EmailStr = Field(max_length=320)
     roles: list[Role] = Field(min_length=1, max_length=4)
     active: bool = True
