@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
 from haven.db import Database
@@ -12,9 +12,9 @@ from haven.intake import Intake, record_policy_version
 from haven.keys import pseudonym_index_key
 from haven.settings import Settings, get_settings
 from haven.temporal import connect
-from api import problems
+from api import openapi, problems
 from api.auth import TokenVerifier
-from api.limits import BodyLimit, RateLimit
+from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
 from api.routes import grant_requests, health, organisations, staff
 from api.services import Services
 from policies import load_policy
@@ -53,9 +53,11 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         summary="Emergency fund workflow engine for human-rights defenders at risk",
         version="0.1.0",
         lifespan=lifespan,
+        dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app, routes())
     return app

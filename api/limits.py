@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.problems import problem_response
+from api.problems import Problem, problem_response
 
 
 class BodyLimit:
@@ -91,3 +92,21 @@ class RateLimit:
     @staticmethod
     def retry_after(wait: float) -> str:
         return str(max(1, math.ceil(wait)))
+
+
+def refuse_unknown_query_parameters(request: Request) -> None:
+    """A misspelt filter (`?stauts=...`) must not silently return the whole queue."""
+    dependant = getattr(request.scope.get("route"), "dependant", None)
+    if dependant is None:
+        return
+    unknown = sorted(set(request.query_params) - _query_parameters(dependant))
+    if unknown:
+        errors = [{"field": name or "(empty name)", "message": "not a parameter of this operation"} for name in unknown]
+        raise Problem(422, "validation-error", f"unknown query parameters: {', '.join(unknown)}", errors=errors)
+
+
+def _query_parameters(dependant) -> set[str]:
+    names = {param.alias for param in dependant.query_params}
+    for dependency in dependant.dependencies:
+        names |= _query_parameters(dependency)
+    return names

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints
 
 from haven.audit import record_change
 from haven.db import Database, utcnow
@@ -16,6 +16,8 @@ from haven.roster import SUBJECT, assignable
 
 
 class AssignmentInput(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"assignee": "cw-1"}, {"assignee": None}]})
+
     # None hands the request back to the unassigned queue.
     assignee: Annotated[str, StringConstraints(pattern=SUBJECT)] | None = Field(
         description="the subject of an active caseworker or director on the roster; null to unassign"

@@ -7,10 +7,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from haven.lifecycle import Action, Status
-from haven.money import Money
+from haven.money import Money, PositiveMoney
 
 
 class Category(StrEnum):
@@ -117,23 +117,35 @@ class Payee(Strict):
 class GrantRequestSubmission(Strict):
     """What an intermediary submits. Sensitive fields are kept apart from the workflow."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "category": "legal_fees",
+                    "urgency": "high",
+                    "country": "KE",
+                    "amount": {"minor_units": 150000, "currency": "EUR"},
+                    "tranches": 1,
+                    "threat_level": "moderate",
+                    "threat_summary": "Summoned for questioning after publishing a report on land evictions.",
+                    "purpose": "Retainer for a defence lawyer for the first hearing.",
+                    "defender": {"pseudonym": "falcon-17"},
+                    "payee": {"name": "Example Advocates LLP", "country": "KE", "account": "KE00 1234 5678"},
+                }
+            ]
+        }
+    )
+
     category: Category
     urgency: Urgency
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 code of where the defender is.")
-    amount: Money = Field(description="The total requested; safe housing is split evenly over its tranches.")
+    amount: PositiveMoney = Field(description="The total requested; safe housing is split evenly over its tranches.")
     tranches: int = Field(default=1, ge=1, le=24, strict=True)
     threat_level: ThreatLevel
     threat_summary: LongText
     purpose: LongText
     defender: Defender
     payee: Payee
-
-    @field_validator("amount")
-    @classmethod
-    def _positive_amount(cls, amount: Money) -> Money:
-        if amount.minor_units <= 0:
-            raise ValueError("the amount must be greater than zero")
-        return amount
 
     def sensitive_details(self) -> dict[str, Any]:
         """The part that identifies or endangers people: stored apart, never sent to Temporal."""
@@ -174,6 +186,16 @@ class Acting(Strict):
 
 
 class DecisionInput(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"kind": "approve", "amount": {"minor_units": 120000, "currency": "EUR"}},
+                {"kind": "request_information", "note": "Please send the lawyer's fee quote."},
+                {"kind": "reject", "note": "Outside the fund's mandate: commercial dispute."},
+            ]
+        }
+    )
+
     kind: Literal["approve", "reject", "request_information"]
     amount: Money | None = Field(default=None, description="Required to approve; may be lower than requested.")
     note: _text(4000) | None = Field(default=None, description="Required to reject or to ask for information.")
@@ -202,6 +224,12 @@ class InformationResponse(InformationInput, Acting):
 
 
 class ManualPaymentInput(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"amount": {"minor_units": 120000, "currency": "EUR"}, "reference": "SEPA-2026-0042", "paid_on": "2026-11-24"}]
+        }
+    )
+
     amount: Money
     reference: Reference = Field(description="The bank transfer's reference.")
     paid_on: date
@@ -233,6 +261,10 @@ class CheckInRecord(CheckInInput, Acting):
 
 
 class ReportInput(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Lawyer retained; the hearing was postponed.", "receipts": ["INV-2026-17"]}]}
+    )
+
     text: LongText
     receipts: list[Reference] = Field(default_factory=list, max_length=50)
 

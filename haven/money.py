@@ -17,6 +17,12 @@ class Money(BaseModel):
         return f"{self.minor_units} {self.currency} (minor units)"
 
 
+class PositiveMoney(Money):
+    """An amount someone asks for: more than nothing."""
+
+    minor_units: StrictInt = Field(gt=0, le=10**13, description="Amount in the currency's minor unit (cents).")
+
+
 def convert_minor_units(
     minor_units: int, *, from_exponent: int, to_exponent: int, rate: Decimal
 ) -> int:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import EmailStr, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, EmailStr, Field, StringConstraints, field_validator
 from sqlalchemy import select
 
 from haven.audit import record_change
@@ -43,6 +43,20 @@ def check_webhook_url(url: str) -> str:
 
 
 class OrganisationInput(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "Partner Network East Africa",
+                    "trust_level": "standard",
+                    "active": True,
+                    "notification_email": "alerts@partner.example.org",
+                    "webhook_url": "https://partner.example.org/haven-webhook",
+                }
+            ]
+        }
+    )
+
     name: ShortText
     trust_level: TrustLevel
     active: bool = True

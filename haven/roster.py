@@ -4,7 +4,7 @@ sign in through the identity provider; the roster links their subject to a name 
 from __future__ import annotations
 
 
-from pydantic import EmailStr, Field, field_validator
+from pydantic import ConfigDict, EmailStr, Field, field_validator
 from sqlalchemy import select
 
 from haven.audit import record_change
@@ -19,6 +19,10 @@ ASSIGNABLE_ROLES = frozenset({Role.CASEWORKER, Role.DIRECTOR})
 
 
 class StaffMemberInput(Strict):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"name": "Amina K.", "email": "amina@fund.example.org", "roles": ["caseworker"]}]}
+    )
+
     name: ShortText
     email: EmailStr = Field(max_length=320)
     roles: list[Role] = Field(min_length=1, max_length=4)

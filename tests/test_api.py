@@ -121,7 +121,7 @@ async def test_finance_sees_the_payee_but_not_the_case(api: Api):
     [
         ({"amount": {"minor_units": 1500.5, "currency": "EUR"}}, "amount.minor_units"),
         ({"amount": {"minor_units": -100, "currency": "EUR"}}, "amount.minor_units"),
-        ({"amount": {"minor_units": 0, "currency": "EUR"}}, "amount"),
+        ({"amount": {"minor_units": 0, "currency": "EUR"}}, "amount.minor_units"),
         ({"amount": {"minor_units": "150000", "currency": "EUR"}}, "amount.minor_units"),
         ({"amount": {"minor_units": 150000, "currency": "euro"}}, "amount.currency"),
         ({"category": "armed_guards"}, "category"),

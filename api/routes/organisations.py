@@ -53,7 +53,7 @@ async def list_all(svc: Svc, actor: Annotated[Actor, Depends(require(Operation.L
     return [_view(o) for o in await list_organisations(svc.db)]
 
 
-@router.put("/{organisation_id}", response_model=OrganisationSaved, responses=PROBLEMS)
+@router.put("/{organisation_id}", response_model=OrganisationSaved, responses={**PROBLEMS, 201: {"model": OrganisationSaved, "description": "Created"}})
 async def put_organisation(
     organisation_id: OrganisationId,
     body: OrganisationInput,

@@ -37,7 +37,7 @@ async def list_roster(svc: Svc, actor: Annotated[Actor, Depends(require(Operatio
     return [_view(m) for m in await list_staff(svc.db)]
 
 
-@router.put("/{subject}", response_model=StaffMemberView, responses=PROBLEMS)
+@router.put("/{subject}", response_model=StaffMemberView, responses={**PROBLEMS, 201: {"model": StaffMemberView, "description": "Created"}})
 async def put_staff_member(
     subject: Annotated[str, Path(pattern=SUBJECT, description="the person's `sub` at the identity provider")],
     body: StaffMemberInput,
