@@ -253,3 +253,20 @@ async def test_whole_lifecycle_through_http(api: Api):
     assert [m["kind"] for m in view["messages"]] == ["information_request", "information_response"]
     assert view["report"]["receipts"] == ["INV-2026-17"] and view["report"]["accepted_by"] == "cw-2"
     assert view["timeline"][-1]["action"] == "accept_report"
+
+
+async def test_concurrent_approvals_over_http_keep_exactly_the_matrix(api: Api):
+    # 4,000 EUR needs two caseworkers (four eyes); six press "approve" at the same moment.
+    created = (await api.submit({**BODY, "amount": {"minor_units": 400_000, "currency": "EUR"}})).json()
+    await api.until_status(created["id"], "awaiting_decision")
+    url = f"/v1/grant-requests/{created['id']}/decisions"
+    approve = {"kind": "approve", "amount": {"minor_units": 400_000, "currency": "EUR"}}
+    responses = await asyncio.gather(
+        *(api.http.post(url, json=approve, headers=api.token("caseworker", f"cw-{n}")) for n in range(1, 7))
+    )
+    assert sorted(r.status_code for r in responses) == [200, 200, 409, 409, 409, 409]
+    for refused in (r for r in responses if r.status_code == 409):
+        assert refused.json()["type"] == "urn:haven:problem:action-refused"
+    case = await api.until_status(created["id"], "payment_pending")
+    approvals = [d for d in case["decisions"] if d["kind"] == "approve"]
+    assert len(approvals) == 2 and len({d["actor"] for d in approvals}) == 2
