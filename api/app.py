@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await verifier.start()
         own_db = db is None
         database = db or Database(settings.async_database_url)
         temporal = client or await connect(settings)

@@ -73,7 +73,7 @@ def require(operation: Operation):
         if not allowed.intersection(actor.roles):
             raise Problem(403, "forbidden", f"your roles may not {operation.value}")
         if operation is Operation.SUBMIT and not actor.organisation:
-            raise Problem(403, "forbidden", "an intermediary's token must name its organisation (claim 'org')")
+            raise Problem(403, "forbidden", "an intermediary's token must name its organisation (the claim set by HAVEN_JWT_ORGANISATION_CLAIM)")
         return actor
 
     dependency.operation = operation  # lets the permission table be printed from the routes themselves

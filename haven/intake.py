@@ -85,7 +85,7 @@ class Intake:
     async def submit(self, submission: GrantRequestSubmission, actor: Actor, idempotency_key: str) -> Accepted:
         organisation_id = actor.organisation
         if not organisation_id:
-            raise IntakeRefused("forbidden", "an intermediary's token must name its organisation (claim 'org')")
+            raise IntakeRefused("forbidden", "an intermediary's token must name its organisation (the claim set by HAVEN_JWT_ORGANISATION_CLAIM)")
         digest = body_hash(submission)
         existing = await self._find(organisation_id, idempotency_key)
         if existing is not None:

@@ -35,34 +35,17 @@ def _alg_none(claims: dict) -> str:
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["missing", "garbage", "expired", "wrong_audience", "wrong_issuer", "wrong_key", "no_roles", "unknown_roles",
-     "no_exp", "alg_none", "tampered"],
-)  # fmt: skip
-async def test_bad_tokens_get_401_and_change_nothing(api: Api, case: str):
+@pytest.mark.parametrize("case", ["wrong_key", "no_exp", "alg_none"])
+async def test_dev_mode_tokens_signed_otherwise_get_401_and_change_nothing(api: Api, case: str):
+    """The production path (JWKS keys) has its attack table in test_auth.py; in dev mode the
+    HS256 secret must be just as strict."""
     now = int(time.time())
     tokens = {
-        "garbage": "not-a-jwt",
-        "expired": _forge(api, exp=now - 3600),
-        "wrong_audience": _forge(api, aud="another-api"),
-        "wrong_issuer": _forge(api, iss="https://evil.example"),
         "wrong_key": _forge(api, _key="guessed-secret-" + "y" * 32),
-        "no_roles": _forge(api, roles=None),
-        "unknown_roles": _forge(api, roles=["superuser"]),
         "no_exp": _forge(api, exp=None),
         "alg_none": _alg_none({"sub": "cw-1", "roles": ["caseworker"], "aud": "haven-api", "iss": "haven-dev", "exp": now + 300}),
     }
-    if case == "tampered":
-        header, payload, signature = _forge(api, roles=["intermediary"], org="ngo-1").split(".")
-        import base64
-        import json
-
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
-        claims["org"] = "ngo-2"
-        payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
-        tokens["tampered"] = ".".join([header, payload, signature])
-    headers = {} if case == "missing" else {"Authorization": f"Bearer {tokens[case]}"}
+    headers = {"Authorization": f"Bearer {tokens[case]}"}
     before = await api.counts()
     response = await api.http.post("/v1/grant-requests", json=BODY, headers={**headers, "Idempotency-Key": "k"})
     assert_problem(response, 401, "unauthorized")
