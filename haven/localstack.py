@@ -52,6 +52,8 @@ class LocalHaven:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
+                self.process.kill()  # never leave a half-started stack behind
+                self.process.wait()
                 raise RuntimeError(f"haven run did not come up:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.2)
 
