@@ -3,6 +3,7 @@ tests and the benchmarks drive, exactly as a new user's `make run` would run."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -43,7 +44,9 @@ class LocalHaven:
 
     def start(self, timeout: float = 90) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
-        self.process = subprocess.Popen([HAVEN, "run"], env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [HAVEN, "run"], env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -52,8 +55,9 @@ class LocalHaven:
             except httpx.TransportError:
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                self.process.kill()  # never leave a half-started stack behind
-                self.process.wait()
+                # Never leave a half-started stack behind: Ctrl-C stops its Temporal server too.
+                with contextlib.suppress(RuntimeError):
+                    self.stop()
                 raise RuntimeError(f"haven run did not come up:\n{self.log.read_text()[-3000:]}")
             time.sleep(0.2)
 
