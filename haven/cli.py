@@ -20,6 +20,10 @@ SWEEP_EVERY = timedelta(seconds=15)
 DEV_ORGANISATIONS = [("ngo-1", "Partner NGO One", "standard"), ("ngo-2", "Partner NGO Two", "high")]
 
 
+class Unavailable(Exception):
+    """A service this part needs cannot be reached."""
+
+
 def _parse_duration(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if not text or text[-1] not in units or not text[:-1].isdigit():
@@ -62,8 +66,15 @@ def main(argv: list[str] | None = None) -> int:
         "worker": lambda s: _run_part(s, _serve_worker),
         "org": lambda s: _org(s, args),
     }
-    with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(runners[args.command](settings)) or 0
+    from api.jwks import ConfigurationError
+    from haven.keys import MissingSecret
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            return asyncio.run(runners[args.command](settings)) or 0
+    except (ConfigurationError, MissingSecret, Unavailable) as error:
+        print(f"haven: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -103,19 +114,36 @@ async def _org(settings: Settings, args) -> int:
     return 0
 
 
+DEV_STAFF = [
+    ("cw-1", "Caseworker One", ["caseworker"]),
+    ("cw-2", "Caseworker Two", ["caseworker"]),
+    ("dir-1", "Director One", ["director"]),
+    ("fin-1", "Finance One", ["finance"]),
+]
+
+
 async def _seed_dev_organisations(db) -> None:
+    """Dev mode only: two partner organisations and a small roster, so `make run` can be tried."""
     from haven.db import utcnow
-    from haven.db.models import Organisation
+    from haven.db.models import Organisation, StaffMember
 
     async with db.transaction() as session:
         for org_id, name, trust in DEV_ORGANISATIONS:
             if await session.get(Organisation, org_id) is None:
                 session.add(Organisation(id=org_id, name=name, trust_level=trust, active=True, created_at=utcnow()))
+        for subject, name, roles in DEV_STAFF:
+            if await session.get(StaffMember, subject) is None:
+                now = utcnow()
+                session.add(
+                    StaffMember(subject=subject, name=name, email=f"{subject}@example.org", roles=roles, active=True,
+                                created_at=now, updated_at=now)  # fmt: skip
+                )
 
 
 async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> None:
     from haven.intake import Intake, start_unstarted
     from haven.keys import pseudonym_index_key
+    from haven.notifications import NotificationDispatcher
     from haven.worker import build_worker
     from policies import load_policy
 
@@ -131,7 +159,7 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
                 await asyncio.wait_for(stop.wait(), SWEEP_EVERY.total_seconds())
 
     async with worker:
-        await asyncio.gather(sweep(), stop.wait())
+        await asyncio.gather(sweep(), NotificationDispatcher(db, settings).run(stop), stop.wait())
 
 
 async def _serve_api(settings: Settings, client, db, stop: asyncio.Event) -> None:
@@ -142,8 +170,16 @@ async def _serve_api(settings: Settings, client, db, stop: asyncio.Event) -> Non
     app = create_app(settings, db=db, client=client)
     server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
     server.install_signal_handlers = lambda: None  # we handle signals for all parts together
-    task = asyncio.create_task(server.serve())
-    await stop.wait()
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn exits when it cannot bind; end the other parts cleanly instead
+            raise RuntimeError(f"the API could not listen on {settings.api_host}:{settings.api_port}") from None
+        if not server.started:
+            raise RuntimeError(f"the API could not listen on {settings.api_host}:{settings.api_port}")
+
+    task = asyncio.create_task(serve())
+    await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     server.should_exit = True
     await task
 
@@ -161,7 +197,11 @@ async def _prepare(settings: Settings):
 
     await upgrade_async(settings.async_database_url)
     db = Database(settings.async_database_url)
-    client = await connect(settings)
+    try:
+        client = await connect(settings)
+    except RuntimeError:
+        await db.dispose()
+        raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
     return db, client
 
 
@@ -189,15 +229,25 @@ async def _run_all(settings: Settings) -> int:
         db, client = await _prepare(settings)
         await _seed_dev_organisations(db)
         _print_welcome(settings)
-        await asyncio.gather(
-            _serve_worker(settings, client, db, stop),
-            _serve_api(settings, client, db, stop),
-        )
+        failed = await _run_parts(stop, _serve_worker(settings, client, db, stop), _serve_api(settings, client, db, stop))
         await db.dispose()
+        return 1 if failed else 0
     finally:
         devserver.stop(server)
         print("haven stopped; everything is kept under", settings.var_dir)
-    return 0
+
+
+async def _run_parts(stop: asyncio.Event, *parts) -> bool:
+    """Runs the parts until a stop is asked for or one of them fails; then stops all of them
+    (before the Temporal server goes away, so the worker can shut down cleanly)."""
+    tasks = [asyncio.create_task(part) for part in parts]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    for error in errors:
+        log.error("part_failed", error=str(error) or type(error).__name__)
+    return bool(errors)
 
 
 def _print_welcome(settings: Settings) -> None:
