@@ -63,6 +63,13 @@ def test_make_run_lifecycle_and_restart(tmp_path):
             waiting = http.post("/v1/grant-requests", json=REQUEST, headers={**intermediary, "Idempotency-Key": "e2e-2"})
             waiting_url = f"/v1/grant-requests/{waiting.json()['id']}"
             _until(http, waiting_url, caseworker, "awaiting_decision")
+            # The worker's dispatcher delivered the notifications: in dev mode, as mail files.
+            deadline = time.monotonic() + 15
+            while not list((haven.var_dir / "mail").glob("*.eml")) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            mails = [p.read_text() for p in (haven.var_dir / "mail").glob("*.eml")]
+            assert any("cw-1@example.org" in m and "decision needed" in m for m in mails), mails
+            assert not any("heron-3" in m or "Phone seized" in m for m in mails)
     finally:
         haven.stop()
 
