@@ -70,10 +70,19 @@ def require(operation: Operation):
     allowed = PERMISSIONS[operation]
 
     async def dependency(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
+        scoped = ORGANISATION_SCOPED.intersection(actor.roles)
+        if scoped and len(set(actor.roles)) > len(scoped):
+            # Partners and fund staff are different people; one token holding both would escape
+            # organisation scoping through its staff role.
+            raise Problem(403, "forbidden", "a token may not combine the intermediary role with staff roles")
+        if scoped and not actor.organisation:
+            raise Problem(
+                403,
+                "forbidden",
+                "an intermediary's token must name its organisation (the claim set by HAVEN_JWT_ORGANISATION_CLAIM)",
+            )
         if not allowed.intersection(actor.roles):
             raise Problem(403, "forbidden", f"your roles may not {operation.value}")
-        if operation is Operation.SUBMIT and not actor.organisation:
-            raise Problem(403, "forbidden", "an intermediary's token must name its organisation (the claim set by HAVEN_JWT_ORGANISATION_CLAIM)")
         return actor
 
     dependency.operation = operation  # lets the permission table be printed from the routes themselves
@@ -117,9 +126,10 @@ def permission_table(routes) -> str:
 
 
 def scoped_to_organisation(actor: Actor) -> str | None:
-    """The organisation an actor is confined to, or None when they may see every request."""
-    if set(actor.roles) <= ORGANISATION_SCOPED:
-        return actor.organisation or "\x00no-organisation"
+    """The organisation an actor is confined to, or None when they may see every request.
+    (`require` has already refused scoped actors without an organisation or with staff roles.)"""
+    if ORGANISATION_SCOPED.intersection(actor.roles):
+        return actor.organisation
     return None
 
 

@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -82,7 +83,15 @@ class Intake:
         self.policy = policy
         self.index_key = index_key
 
-    async def submit(self, submission: GrantRequestSubmission, actor: Actor, idempotency_key: str) -> Accepted:
+    async def submit(
+        self,
+        submission: GrantRequestSubmission,
+        actor: Actor,
+        idempotency_key: str,
+        admit: Callable[[], None] | None = None,
+    ) -> Accepted:
+        """`admit` is asked (and may raise) only when a new request would be created: a replay
+        of an earlier submission always gets its answer back."""
         organisation_id = actor.organisation
         if not organisation_id:
             raise IntakeRefused("forbidden", "an intermediary's token must name its organisation (the claim set by HAVEN_JWT_ORGANISATION_CLAIM)")
@@ -90,6 +99,8 @@ class Intake:
         existing = await self._find(organisation_id, idempotency_key)
         if existing is not None:
             return await self._replay(existing, digest)
+        if admit is not None:
+            admit()
         try:
             check_intake(self.policy.policy, submission.category, submission.amount, submission.tranches)
         except PolicyViolation as violation:

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, EmailStr, Field, StringConstraints, field_validator
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from haven.audit import record_change
 from haven.db import Database, utcnow
@@ -30,13 +31,26 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _is_internal_address(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False  # a name; it is resolved when the webhook is sent
+    if address.is_loopback:
+        return False
+    return address.is_private or address.is_link_local or address.is_reserved or address.is_multicast
+
+
 def check_webhook_url(url: str) -> str:
-    """https only (plain http to this machine is allowed, for development), no credentials."""
+    """https only (plain http to this machine is allowed, for development), no credentials, and
+    not an address inside a private network: the worker must not be pointed at internal services."""
     parts = urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.hostname:
         raise ValueError("must be an absolute https URL")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError("must use https (plain http only to this machine)")
+    if _is_internal_address(parts.hostname):
+        raise ValueError("must not point at a private, link-local or reserved address")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; requests are signed instead")
     return url
@@ -95,6 +109,14 @@ async def list_organisations(db: Database) -> list[Organisation]:
 
 
 async def save_organisation(db: Database, actor: Actor, organisation_id: str, data: OrganisationInput) -> Saved:
+    try:
+        return await _save_organisation(db, actor, organisation_id, data)
+    except IntegrityError:
+        # Registered at the same moment by another call: now it exists, so this is an update.
+        return await _save_organisation(db, actor, organisation_id, data)
+
+
+async def _save_organisation(db: Database, actor: Actor, organisation_id: str, data: OrganisationInput) -> Saved:
     now = utcnow()
     async with db.transaction() as session:
         organisation = await session.get(Organisation, organisation_id, with_for_update=True)
@@ -115,7 +137,10 @@ async def save_organisation(db: Database, actor: Actor, organisation_id: str, da
         organisation.webhook_url = data.webhook_url
         organisation.updated_at = now
         secret = None
-        if data.webhook_url and not organisation.webhook_secret:
+        if not data.webhook_url:
+            organisation.webhook_secret = None
+        elif data.webhook_url != before["webhook_url"] or not organisation.webhook_secret:
+            # A new endpoint gets a new secret: the old receiver's secret must not sign for it.
             secret = organisation.webhook_secret = _new_secret()
         changed = sorted(
             field for field, old in before.items() if created or old != getattr(organisation, field)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, EmailStr, Field, field_validator
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from haven.audit import record_change
 from haven.db import Database, utcnow
@@ -43,6 +44,14 @@ async def list_staff(db: Database) -> list[StaffMember]:
 
 
 async def save_staff_member(db: Database, actor: Actor, subject: str, data: StaffMemberInput) -> tuple[StaffMember, bool]:
+    try:
+        return await _save_staff_member(db, actor, subject, data)
+    except IntegrityError:
+        # Added at the same moment by another call: now it exists, so this is an update.
+        return await _save_staff_member(db, actor, subject, data)
+
+
+async def _save_staff_member(db: Database, actor: Actor, subject: str, data: StaffMemberInput) -> tuple[StaffMember, bool]:
     now = utcnow()
     async with db.transaction() as session:
         member = await session.get(StaffMember, subject, with_for_update=True)

@@ -151,6 +151,26 @@ async def test_role_endpoint_organisation(access: Access, endpoint: Endpoint, ro
         assert response.status_code != 409 or response.json()["type"] == "urn:haven:problem:action-refused"
 
 
+@pytest.mark.parametrize(
+    ("roles", "organisation"),
+    [([I, F], "ngo-1"), ([I, A], "ngo-1"), ([I, C], "ngo-1"), ([I], None)],
+    ids=["intermediary+finance", "intermediary+admin", "intermediary+caseworker", "intermediary-without-org"],
+)
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: f"{e.method} {e.path}")
+async def test_tokens_that_would_escape_organisation_scoping_are_refused(access: Access, endpoint, roles, organisation):
+    n = next(access.serial)
+    subject = f"mixed-{n}"
+    path = endpoint.path.replace("{org}", f"org-{n}").replace("{sub}", f"staff-{n}")
+    if endpoint.about_a_request:
+        path = path.replace("{id}", await access.new_request("ngo-2"))
+    token = access.app.state.services.verifier.issue(subject, [Role(r) for r in roles], organisation, timedelta(minutes=5))
+    response = await access.http.request(
+        endpoint.method, path, json=endpoint.body, headers={"Authorization": f"Bearer {token}", "Idempotency-Key": f"m-{n}"}
+    )
+    assert response.status_code == 403, response.text
+    assert await access.audit_rows_by(subject) == 0
+
+
 def test_the_readme_shows_the_permission_table_of_the_routes():
     table = permission_table(routes())
     readme = (REPO_ROOT / "README.md").read_text()

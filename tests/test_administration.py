@@ -66,6 +66,9 @@ async def test_bad_organisation_input_names_the_field_and_changes_nothing(api: A
         ({**PARTNER, "webhook_url": "http://partner.example.org/hook"}, "webhook_url"),
         ({**PARTNER, "webhook_url": "https://user:pass@partner.example.org/hook"}, "webhook_url"),
         ({**PARTNER, "webhook_url": "ftp://partner.example.org"}, "webhook_url"),
+        ({**PARTNER, "webhook_url": "https://169.254.169.254/latest/meta-data"}, "webhook_url"),
+        ({**PARTNER, "webhook_url": "https://10.0.0.5/hook"}, "webhook_url"),
+        ({**PARTNER, "webhook_url": "https://[fd00::1]/hook"}, "webhook_url"),
         ({**PARTNER, "notification_email": "not-an-address"}, "notification_email"),
         ({**PARTNER, "trust_level": "total"}, "trust_level"),
         ({**PARTNER, "name": ""}, "name"),
@@ -104,3 +107,28 @@ async def test_the_staff_roster(api: Api):
     async with api.db.sessions() as session:
         assert await session.get(StaffMember, "new-person") is None
     assert await _audit_actions(api) == ["staff_added", "staff_updated"]
+
+
+async def test_a_new_webhook_endpoint_gets_a_new_secret_and_a_removed_one_keeps_none(api: Api):
+    first = (await api.http.put("/v1/organisations/ngo-6", json=PARTNER, headers=admin(api))).json()["webhook_secret"]
+    moved = {**PARTNER, "webhook_url": "https://new-host.example.org/haven"}
+    second = (await api.http.put("/v1/organisations/ngo-6", json=moved, headers=admin(api))).json()["webhook_secret"]
+    assert second and second != first
+    removed = {k: v for k, v in PARTNER.items() if k != "webhook_url"}
+    assert (await api.http.put("/v1/organisations/ngo-6", json=removed, headers=admin(api))).json()["webhook_secret"] is None
+    async with api.db.sessions() as session:
+        assert (await session.get(Organisation, "ngo-6")).webhook_secret is None
+    again = (await api.http.put("/v1/organisations/ngo-6", json=PARTNER, headers=admin(api))).json()["webhook_secret"]
+    assert again and again not in (first, second)
+
+
+async def test_registering_the_same_organisation_twice_at_once(api: Api):
+    import asyncio
+
+    responses = await asyncio.gather(
+        *(api.http.put("/v1/organisations/ngo-7", json=PARTNER, headers=admin(api)) for _ in range(4)),
+        *(api.http.put("/v1/staff/cw-new", json={"name": "N", "email": "n@example.org", "roles": ["caseworker"]},
+                       headers=admin(api)) for _ in range(4)),
+    )  # fmt: skip
+    assert all(r.status_code in (200, 201) for r in responses), [r.text for r in responses if r.status_code >= 300]
+    assert sorted(r.status_code for r in responses[:4]).count(201) == 1

@@ -72,8 +72,9 @@ async def test_filters(db: Database, default_policy):
     now = datetime.now(timezone.utc)
     late = _record(h, due=now - timedelta(hours=1), created=T0, country="UG", assigned_to="cw-1")
     follow_up_late = _record(h, due=None, created=T0, status="follow_up", follow_up_overdue=True)
+    closed_late = _record(h, due=None, created=T0, status="closed", follow_up_overdue=True)
     on_time = _record(h, due=now + timedelta(hours=5), created=T0, urgency="critical", assigned_to="cw-2")
-    await _add(db, late, follow_up_late, on_time)
+    await _add(db, late, follow_up_late, closed_late, on_time)
 
     async def ids(**where) -> set[str]:
         return {r.id for r in (await list_requests(db, QueueFilter(**where)))[0]}
@@ -81,14 +82,17 @@ async def test_filters(db: Database, default_policy):
     assert await ids(country="UG") == {late.id}
     assert await ids(overdue_at=now) == {late.id, follow_up_late.id}
     assert await ids(assigned_to="cw-2") == {on_time.id}
-    assert await ids(assigned_to=NOBODY) == {follow_up_late.id}
+    assert await ids(assigned_to=NOBODY) == {follow_up_late.id, closed_late.id}
     assert await ids(urgency="critical") == {on_time.id}
     assert await ids(statuses=["follow_up"]) == {follow_up_late.id}
     assert await ids(organisation_id="ngo-2") == set()
+    assert closed_late.id not in await ids(overdue_at=now), "a closed case is never overdue"
 
 
 async def test_the_api_pages_with_a_cursor(api: Api):
     created = [(await api.submit()).json()["id"] for _ in range(3)]
+    for request_id in created:  # deadlines are set once screened; page a queue that holds still
+        await api.until_status(request_id, "awaiting_decision")
     cw = api.token("caseworker", "cw-1")
     first = (await api.http.get("/v1/grant-requests", params={"limit": 2}, headers=cw)).json()
     assert len(first["items"]) == 2 and first["next_cursor"]
@@ -185,5 +189,7 @@ async def test_each_organisation_has_its_own_intake_rate(api: Api):
     assert limited.headers["retry-after"] == "30"  # two a minute: one more in 30 s
     assert (await api.counts())[0] == before[0]
     assert (await api.submit(org="ngo-2")).status_code == 202
+    replay = await api.submit(org="ngo-1", key="k-1")  # a retry of the first submission
+    assert replay.status_code == 202 and replay.headers["idempotent-replayed"] == "true"
     now[0] += 30
     assert (await api.submit(org="ngo-1")).status_code == 202

@@ -469,6 +469,7 @@ class GrantRequestWorkflow:
 
     @provide_information.validator
     def _validate_provide_information(self, response: InformationResponse) -> None:
+        self._check_submitting_organisation(response.actor)
         self._check_allowed(Action.PROVIDE_INFORMATION)
 
     @workflow.update
@@ -565,6 +566,7 @@ class GrantRequestWorkflow:
 
     @check_in.validator
     def _validate_check_in(self, record: CheckInRecord) -> None:
+        self._check_submitting_organisation(record.actor)
         self._check_check_in()
 
     def _check_check_in(self) -> None:
@@ -587,6 +589,7 @@ class GrantRequestWorkflow:
 
     @submit_report.validator
     def _validate_submit_report(self, report: FollowUpReport) -> None:
+        self._check_submitting_organisation(report.actor)
         self._check_submit_report()
 
     def _check_submit_report(self) -> None:
@@ -638,7 +641,14 @@ class GrantRequestWorkflow:
 
     @withdraw.validator
     def _validate_withdraw(self, withdrawal: Withdrawal) -> None:
+        self._check_submitting_organisation(withdrawal.actor)
         self._check_withdraw()
+
+    def _check_submitting_organisation(self, actor: Actor) -> None:
+        # The API already confines intermediaries to their organisation; the workflow, which
+        # owns the case, refuses on its own too.
+        if not actor.has(Role.INTERMEDIARY) or actor.organisation != self._start.organisation_id:
+            raise Refused("only an intermediary of the submitting organisation can do this")
 
     def _check_withdraw(self) -> None:
         self._check_allowed(Action.WITHDRAW)

@@ -71,16 +71,19 @@ async def submit_grant_request(
     """An intermediary submits an urgent request. The same Idempotency-Key with the same body
     returns the same request; with another body it is refused. Each organisation may submit
     a limited number of requests a minute (429 with Retry-After beyond it)."""
-    wait = svc.intake_rate.take(actor.organisation or "")
-    if wait:
-        raise Problem(
-            429,
-            "rate-limited",
-            "your organisation has submitted too many requests in the last minute; retry after the given delay",
-            headers={"Retry-After": RateLimit.retry_after(wait)},
-        )
+
+    def admit() -> None:
+        wait = svc.intake_rate.take(actor.organisation or "")
+        if wait:
+            raise Problem(
+                429,
+                "rate-limited",
+                "your organisation has submitted too many requests in the last minute; retry after the given delay",
+                headers={"Retry-After": RateLimit.retry_after(wait)},
+            )
+
     try:
-        accepted = await svc.intake.submit(body, actor, idempotency_key)
+        accepted = await svc.intake.submit(body, actor, idempotency_key, admit)
     except IntakeRefused as refused:
         status = 403 if refused.kind == "forbidden" else 422
         errors = [{"field": refused.field, "message": str(refused)}] if refused.field else None
@@ -105,7 +108,7 @@ async def list_grant_requests(
     category: Category | None = None,
     country: Annotated[str | None, Query(pattern="^[A-Z]{2}$", description="ISO 3166-1 alpha-2")] = None,
     assigned_to: Annotated[
-        str | None, Query(max_length=200, description="`me`, `nobody`, or a staff member's subject")
+        str | None, Query(min_length=1, max_length=200, description="`me`, `nobody`, or a staff member's subject")
     ] = None,
     overdue: Annotated[
         Literal["true"] | None, Query(description="only requests past their decision deadline or follow-up date")
@@ -126,7 +129,7 @@ async def list_grant_requests(
         category=category,
         country=country,
         organisation_id=scoped_to_organisation(actor),
-        assigned_to={"me": actor.subject, "nobody": NOBODY}.get(assigned_to or "", assigned_to),
+        assigned_to={"me": actor.subject, "nobody": NOBODY}.get(assigned_to, assigned_to) if assigned_to else None,
         overdue_at=utcnow() if overdue else None,
         after=after,
         limit=limit,

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from haven.db import Database
+from haven.lifecycle import TERMINAL
 from haven.db.models import AuditEvent, CaseMessage, Decision, FollowUpReportRecord, GrantRequestRecord, Payment
 
 
@@ -104,8 +105,9 @@ async def case_file(db: Database, record: GrantRequestRecord) -> CaseFile:
 
 async def list_requests(db: Database, where: QueueFilter) -> tuple[list[GrantRequestRecord], QueuePosition | None]:
     """The caseworker queue, soonest decision deadline first (none last), then oldest; one page
-    and the position to continue from (None on the last page). Keyset pagination: a page never
-    skips or repeats a request when others arrive meanwhile."""
+    and the position to continue from (None on the last page). Keyset pagination: requests that
+    arrive meanwhile never make a page skip or repeat another; a request whose deadline changes
+    while someone pages (it was screened, or decided) can move across the cursor."""
     r = GrantRequestRecord
     query = select(r)
     if where.statuses:
@@ -121,7 +123,10 @@ async def list_requests(db: Database, where: QueueFilter) -> tuple[list[GrantReq
     if where.assigned_to is not None:
         query = query.where(r.assigned_to.is_(None) if where.assigned_to == NOBODY else r.assigned_to == where.assigned_to)
     if where.overdue_at is not None:
-        query = query.where(or_(r.decision_due_at < where.overdue_at, r.follow_up_overdue.is_(True)))
+        query = query.where(
+            or_(r.decision_due_at < where.overdue_at, r.follow_up_overdue.is_(True)),
+            r.status.not_in([str(s) for s in TERMINAL]),
+        )
     if where.after is not None:
         query = query.where(_after(where.after))
     query = query.order_by(r.decision_due_at.is_(None), r.decision_due_at, r.created_at, r.id).limit(where.limit + 1)

@@ -53,6 +53,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('dispatched_at', sa.DateTime(timezone=True), nullable=True))
         batch_op.create_index(batch_op.f('ix_notifications_dispatched_at'), ['dispatched_at'], unique=False)
         batch_op.drop_column('delivered_at')
+    # Notifications written before delivery existed are history, not news: never send them now.
+    op.execute("UPDATE notifications SET dispatched_at = created_at")
 
     with op.batch_alter_table('organisations', schema=None) as batch_op:
         batch_op.add_column(sa.Column('notification_email', sa.String(length=320), nullable=True))
