@@ -134,9 +134,11 @@ async def _seed_dev_organisations(db) -> None:
         for subject, name, roles in DEV_STAFF:
             if await session.get(StaffMember, subject) is None:
                 now = utcnow()
+                email = f"{subject}@example.org"
                 session.add(
-                    StaffMember(subject=subject, name=name, email=f"{subject}@example.org", roles=roles, active=True,
-                                created_at=now, updated_at=now)  # fmt: skip
+                    StaffMember(
+                        subject=subject, name=name, email=email, roles=roles, active=True, created_at=now, updated_at=now
+                    )
                 )
 
 
@@ -149,6 +151,8 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
 
     intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings))
     worker = build_worker(client, db, settings)
+    # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.
+    notifications = NotificationDispatcher(db, settings)
 
     async def sweep() -> None:
         while not stop.is_set():
@@ -159,7 +163,7 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
                 await asyncio.wait_for(stop.wait(), SWEEP_EVERY.total_seconds())
 
     async with worker:
-        await asyncio.gather(sweep(), NotificationDispatcher(db, settings).run(stop), stop.wait())
+        await asyncio.gather(sweep(), notifications.run(stop), stop.wait())
 
 
 async def _serve_api(settings: Settings, client, db, stop: asyncio.Event) -> None:
@@ -252,12 +256,18 @@ async def _run_parts(stop: asyncio.Event, *parts) -> bool:
 
 def _print_welcome(settings: Settings) -> None:
     api = f"http://{settings.api_host}:{settings.api_port}"
+    if settings.smtp_host:
+        mail = f"sent through {settings.smtp_host}:{settings.smtp_port}"
+    else:
+        mail = f"{settings.var_dir / 'mail'}  (one .eml file per e-mail; set HAVEN_SMTP_HOST to send)"
     print(
         f"""
 haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_dir}/secrets)
   API docs     {api}/docs
   Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}
   Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
+  E-mail       {mail}
+               to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance) @example.org
 
 Get a token, in another terminal:
   .venv/bin/haven token --role intermediary --sub int-1 --org ngo-1

@@ -1,37 +1,49 @@
 """Delivering the outbox over a real SMTP server (aiosmtpd) and to a real HTTP webhook receiver,
-on SQLite and PostgreSQL: who gets what, signatures, retries with back-off, giving up, and that
-no personal data ever leaves."""
+on SQLite and PostgreSQL: who gets what, signatures, retries with back-off, giving up, two
+dispatchers at once, and that no personal data ever leaves. Time is moved with an injected clock,
+never slept through."""
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import itertools
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import structlog
 from aiosmtpd.controller import Controller
-from sqlalchemy import func, select
+from aiosmtpd.smtp import AuthResult
+from sqlalchemy import func, select, update
 
 from haven.db import Database, utcnow
-from haven.db.models import Notification, NotificationDelivery, Organisation, StaffMember
-from haven.localstack import free_port
-from haven.notifications import NotificationDispatcher, verify_signature
-from haven.notifications.fanout import fan_out
-from haven.notifications.webhooks import sign
+from haven.db.models import (
+    Notification,
+    NotificationDelivery,
+    Organisation,
+    StaffMember,
+)
 from haven.intake import Intake
 from haven.lifecycle import Status
+from haven.localstack import free_port
+from haven.notifications import NotificationDispatcher, verify_signature
+from haven.notifications.dispatcher import MAX_BACKOFF, backoff
+from haven.notifications.fanout import fan_out
+from haven.notifications.webhooks import sign
 from haven.worker import build_worker
 from tests.conftest import make_settings
 from tests.harness import Harness, caseworker
 
 SECRET = "whsec_test_secret"
+BODY_FIELDS = {"id", "kind", "request_id", "status", "link", "created_at"}
 
 
 class Inbox:
-    """The SMTP server's handler: keeps every message it is given."""
+    """The SMTP server's handler: keeps every message it accepts; can refuse them all."""
 
     def __init__(self):
         self.messages: list = []
@@ -39,18 +51,22 @@ class Inbox:
 
     async def handle_DATA(self, server, session, envelope):
         if self.refuse:
-            return "451 try again later"
+            return "451 4.3.0 try again later"
         self.messages.append((list(envelope.rcpt_tos), message_from_bytes(envelope.content, policy=policy.default)))
         return "250 OK"
 
+    def recipients(self) -> list[str]:
+        return sorted(rcpt for rcpts, _ in self.messages for rcpt in rcpts)
+
 
 class Receiver(ThreadingHTTPServer):
-    """An organisation's webhook endpoint; answers 500 to the first `failures` calls."""
+    """An organisation's webhook endpoint on a free loopback port; answers 500 to the first
+    `failures` calls, then 204 (or always a redirect to `redirect_to`, when set)."""
 
     def __init__(self):
         self.calls: list[tuple[dict, bytes]] = []
         self.failures = 0
-
+        self.redirect_to: str | None = None
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -59,7 +75,12 @@ class Receiver(ThreadingHTTPServer):
                 receiver.calls.append((dict(self.headers), body))
                 failing = receiver.failures > 0
                 receiver.failures -= 1 if failing else 0
-                self.send_response(500 if failing else 204)
+                if receiver.redirect_to and self.path != "/elsewhere":
+                    self.send_response(307)
+                    self.send_header("Location", receiver.redirect_to)
+                else:
+                    self.send_response(500 if failing else 204)
+                self.send_header("Content-Length", "0")
                 self.end_headers()
 
             def log_message(self, *args):
@@ -68,26 +89,25 @@ class Receiver(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server_address[1]}/haven"
 
-    def delivered(self) -> list[tuple[dict, bytes]]:
-        return self.calls
-
 
 @pytest.fixture
 def inbox():
     handler = Inbox()
     controller = Controller(handler, hostname="127.0.0.1", port=free_port())
     controller.start()
-    yield handler, controller.port
+    handler.port = controller.port
+    yield handler
     controller.stop()
 
 
 @pytest.fixture
 def receiver():
     server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
+    server.server_close()
 
 
 class Clock:
@@ -98,34 +118,44 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-async def outbox(db: Database, inbox, receiver, tmp_path):
-    """Staff, an organisation with an inbox and a webhook, and a dispatcher on a clock we move."""
-    _, smtp_port = inbox
+async def _roster(db: Database, *members: tuple[str, str, list[str], bool]) -> None:
     now = utcnow()
     async with db.transaction() as session:
-        for subject, email, roles, active in (
-            ("cw-1", "cw1@fund.example.org", ["caseworker"], True),
-            ("cw-2", "cw2@fund.example.org", ["caseworker", "director"], True),
-            ("cw-old", "old@fund.example.org", ["caseworker"], False),
-            ("fin-1", "fin1@fund.example.org", ["finance"], True),
-        ):
+        for subject, email, roles, active in members:
             session.add(StaffMember(subject=subject, name=subject, email=email, roles=roles, active=active,
                                     created_at=now, updated_at=now))  # fmt: skip
-        ngo = await session.get(Organisation, "ngo-1")
-        ngo.notification_email, ngo.webhook_url, ngo.webhook_secret = "alerts@ngo1.example.org", receiver.url, SECRET
+
+
+async def _org_channels(db: Database, org_id: str, email: str | None, url: str | None, secret: str | None) -> None:
+    async with db.transaction() as session:
+        org = await session.get(Organisation, org_id)
+        org.notification_email, org.webhook_url, org.webhook_secret = email, url, secret
+
+
+@pytest.fixture
+async def outbox(db: Database, inbox, receiver, tmp_path):
+    """A roster, an organisation with an inbox and a webhook, and a dispatcher on a clock we move."""
+    await _roster(
+        db,
+        ("cw-1", "cw1@fund.example.org", ["caseworker"], True),
+        ("cw-2", "cw2@fund.example.org", ["caseworker", "director"], True),
+        ("cw-old", "old@fund.example.org", ["caseworker"], False),  # left the fund
+        ("fin-1", "fin1@fund.example.org", ["finance"], True),
+    )
+    await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", receiver.url, SECRET)
     settings = make_settings(
-        tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=smtp_port, smtp_sender="haven@fund.example.org",
+        tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=inbox.port, smtp_sender="haven@fund.example.org",
         notification_max_attempts=3, notification_retry_base_seconds=60, webhook_timeout_seconds=5,
     )  # fmt: skip
     clock = Clock()
     return NotificationDispatcher(db, settings, clock=clock), clock
 
 
-_keys = iter(range(10**6))
+_keys = itertools.count()
 
 
 async def _notify(db: Database, kind: str, audience: str, request_id: str = "gr_0001") -> None:
+    """An outbox row as the activities write it, plus a field that must never be sent."""
     async with db.transaction() as session:
         session.add(
             Notification(
@@ -133,163 +163,304 @@ async def _notify(db: Database, kind: str, audience: str, request_id: str = "gr_
                 audience=audience, created_at=utcnow(),
                 payload={"request_id": request_id, "kind": kind, "status": "awaiting_decision",
                          "link": f"https://haven.example.org/v1/grant-requests/{request_id}",
-                         "defender": "should never leave"},
+                         "defender": "kestrel-should-never-leave"},
             )
         )  # fmt: skip
 
 
-async def _deliveries(db: Database) -> list[NotificationDelivery]:
+async def _deliveries(db: Database, channel: str | None = None) -> list[NotificationDelivery]:
+    query = select(NotificationDelivery).order_by(NotificationDelivery.id)
+    if channel:
+        query = query.where(NotificationDelivery.channel == channel)
     async with db.sessions() as session:
-        return list(await session.scalars(select(NotificationDelivery).order_by(NotificationDelivery.id)))
+        return list(await session.scalars(query))
 
 
-async def test_each_audience_reaches_the_right_people(db, outbox, inbox, receiver):
+async def test_each_audience_reaches_the_right_people_once_with_allow_listed_fields(db, outbox, inbox, receiver):
     dispatcher, _ = outbox
-    handler, _ = inbox
     await _notify(db, "decision_needed", "caseworker")
     await _notify(db, "payment_due", "finance")
     await _notify(db, "information_requested", "org:ngo-1")
-    await _notify(db, "escalated", "org:ngo-2")  # no inbox or webhook: nobody to tell
+    await _notify(db, "request_expired", "org:ngo-2")  # no inbox or webhook: nobody to tell
     result = await dispatcher.run_once()
-    assert (result.dispatched, result.delivered, result.failed) == (4, 5, 0)
+    assert (result.dispatched, result.delivered, result.retrying, result.failed) == (4, 5, 0, 0)
 
-    recipients = sorted(rcpt for rcpts, _ in handler.messages for rcpt in rcpts)
-    assert recipients == ["alerts@ngo1.example.org", "cw1@fund.example.org", "cw2@fund.example.org", "fin1@fund.example.org"]
-    (headers, body), = receiver.delivered()
-    assert json.loads(body)["kind"] == "information_requested"
+    # Active caseworkers (not the one who left, not finance), finance, and the organisation's inbox.
+    assert inbox.recipients() == [
+        "alerts@ngo1.example.org", "cw1@fund.example.org", "cw2@fund.example.org", "fin1@fund.example.org",
+    ]  # fmt: skip
+    ((headers, body),) = receiver.calls
+    sent = json.loads(body)
+    assert set(sent) == BODY_FIELDS
+    assert (sent["kind"], sent["request_id"], sent["status"]) == ("information_requested", "gr_0001", "awaiting_decision")
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Haven-Delivery"] == sent["id"]
     assert verify_signature(SECRET, headers["Haven-Signature"], body)
-    assert headers["Haven-Delivery"] == json.loads(body)["id"]
 
-    # Nothing is sent twice, however often the dispatcher runs.
+    mails = {rcpts[0]: mail for rcpts, mail in inbox.messages}
+    mail = mails["cw1@fund.example.org"]
+    assert mail["Subject"] == "[haven] decision needed – request gr_0001"
+    assert mail["From"] == "haven@fund.example.org"
+    assert mail["Message-ID"].startswith("<dlv_") and mail["Message-ID"] != mails["cw2@fund.example.org"]["Message-ID"]
+    assert "https://haven.example.org/v1/grant-requests/gr_0001" in mail.get_content()
+    for text in [m.as_string() for m in mails.values()] + [body.decode()]:
+        assert "kestrel-should-never-leave" not in text, "a field outside the allow-list left the system"
+
+    # Fan-out repeated (a crash after sending, a second process): no new deliveries, nothing resent.
+    async with db.transaction() as session:
+        await session.execute(update(Notification).values(dispatched_at=None))
     again = await dispatcher.run_once()
-    assert (again.dispatched, again.delivered) == (0, 0)
-    assert len(handler.messages) == 4 and len(receiver.delivered()) == 1
-
-
-async def test_only_the_allow_listed_fields_leave(db, outbox, inbox, receiver):
-    dispatcher, _ = outbox
-    handler, _ = inbox
-    await _notify(db, "information_requested", "org:ngo-1")
-    await dispatcher.run_once()
-    (_, body), = receiver.delivered()
-    assert set(json.loads(body)) == {"id", "kind", "request_id", "status", "link", "created_at"}
-    (_, mail), = handler.messages
-    assert "should never leave" not in mail.as_string() and b"should never leave" not in body
-    assert "gr_0001" in mail["Subject"] and "https://haven.example.org/v1/grant-requests/gr_0001" in mail.get_content()
+    assert (again.dispatched, again.attempted) == (4, 0)
+    assert len(await _deliveries(db)) == 5
+    assert len(inbox.messages) == 4 and len(receiver.calls) == 1
 
 
 def test_signatures_verify_only_for_the_right_secret_body_and_time():
-    body = b'{"id":"ntf_1"}'
-    now = 1_800_000_000
-    header = sign(SECRET, body, now)
-    assert verify_signature(SECRET, header, body, now=now + 10)
-    assert not verify_signature("another-secret", header, body, now=now)
-    assert not verify_signature(SECRET, header, body.replace(b"1", b"2"), now=now)
-    assert not verify_signature(SECRET, header, body, now=now + 301)
-    assert not verify_signature(SECRET, "v1=abc", body, now=now)
-    assert not verify_signature(SECRET, header.replace("t=", "t=1"), body, now=now)
+    body = b'{"id":"dlv_1","kind":"payment_made"}'
+    t = 1_800_000_000
+    header = sign(SECRET, body, t)
+    assert verify_signature(SECRET, header, body, tolerance=300, now=t + 10)
+    assert not verify_signature("another-secret", header, body, now=t)
+    assert not verify_signature(SECRET, header, body.replace(b"payment_made", b"payment_fail"), now=t)
+    assert not verify_signature(SECRET, header, body, tolerance=300, now=t + 301), "stale"
+    assert not verify_signature(SECRET, header, body, tolerance=300, now=t - 301), "from the future"
+    assert not verify_signature(SECRET, header.replace(f"t={t}", f"t={t + 5}"), body, now=t), "timestamp is signed too"
+    assert not verify_signature(SECRET, "v1=abc", body, now=t)
+    assert not verify_signature(SECRET, "t=x,v1=é", body, now=t)
+
+
+def test_back_off_doubles_and_is_capped():
+    assert [backoff(30, n).total_seconds() for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
+    assert backoff(30, 12) == MAX_BACKOFF == timedelta(hours=6)
+    assert backoff(30, 10_000) == MAX_BACKOFF
 
 
 async def test_a_failing_webhook_is_retried_with_back_off_then_delivered(db, outbox, receiver):
     dispatcher, clock = outbox
     receiver.failures = 2
-    await _notify(db, "escalated", "org:ngo-1")
+    await _notify(db, "request_approved", "org:ngo-1")
     first = await dispatcher.run_once()
-    assert first.retrying == 1  # the webhook; the org's e-mail went out
-    (webhook,) = [d for d in await _deliveries(db) if d.channel == "webhook"]
-    assert webhook.attempts == 1 and "500" in webhook.last_error
+    assert (first.delivered, first.retrying) == (1, 1)  # the inbox e-mail went; the webhook answered 500
+    (webhook,) = await _deliveries(db, "webhook")
+    assert (webhook.status, webhook.attempts) == ("pending", 1)
+    assert webhook.last_error == "WebhookFailed: the endpoint answered 500"
     assert webhook.next_attempt_at - clock.now == timedelta(seconds=60)
 
-    assert (await dispatcher.run_once()).retrying == 0, "not due yet: nothing is tried"
-    clock.now += timedelta(seconds=61)
+    clock.now += timedelta(seconds=59)
+    assert (await dispatcher.run_once()).attempted == 0, "not due yet: nothing is tried"
+    clock.now += timedelta(seconds=1)
     assert (await dispatcher.run_once()).retrying == 1
-    (webhook,) = [d for d in await _deliveries(db) if d.channel == "webhook"]
-    assert webhook.next_attempt_at - clock.now == timedelta(seconds=120)  # doubled
-    clock.now += timedelta(seconds=121)
+    (webhook,) = await _deliveries(db, "webhook")
+    assert webhook.next_attempt_at - clock.now == timedelta(seconds=120), "the wait doubles"
+    clock.now += timedelta(seconds=120)
     assert (await dispatcher.run_once()).delivered == 1
-    (webhook,) = [d for d in await _deliveries(db) if d.channel == "webhook"]
+    (webhook,) = await _deliveries(db, "webhook")
     assert (webhook.status, webhook.attempts, webhook.last_error) == ("delivered", 3, None)
-    ids = {headers["Haven-Delivery"] for headers, _ in receiver.delivered()}
-    assert len(receiver.delivered()) == 3 and len(ids) == 1, "every retry carries the same id"
+    assert webhook.delivered_at == clock.now
+    assert len(receiver.calls) == 3
+    assert len({headers["Haven-Delivery"] for headers, _ in receiver.calls}) == 1, "every retry carries the same id"
+    assert len({body for _, body in receiver.calls}) == 1, "and the same body"
+    assert all(verify_signature(SECRET, headers["Haven-Signature"], body) for headers, body in receiver.calls)
 
 
-async def test_gives_up_after_the_last_attempt(db, outbox, inbox):
+async def test_smtp_down_is_retried_then_delivered(db, outbox, inbox):
     dispatcher, clock = outbox
-    handler, _ = inbox
-    handler.refuse = True  # the SMTP server is down for good
+    inbox.refuse = True
     await _notify(db, "payment_due", "finance")
-    for _ in range(3):
-        await dispatcher.run_once()
-        clock.now += timedelta(hours=1)
+    assert (await dispatcher.run_once()).retrying == 1
+    (delivery,) = await _deliveries(db)
+    assert delivery.status == "pending" and "451" in delivery.last_error
+    inbox.refuse = False
+    clock.now += timedelta(seconds=60)
+    assert (await dispatcher.run_once()).delivered == 1
+    assert inbox.recipients() == ["fin1@fund.example.org"]
+
+
+async def test_gives_up_after_the_last_attempt(db, outbox, receiver, inbox):
+    dispatcher, clock = outbox
+    await _org_channels(db, "ngo-1", None, receiver.url, SECRET)
+    receiver.failures = 1_000  # the endpoint is broken for good
+    await _notify(db, "payment_made", "org:ngo-1")
+    with structlog.testing.capture_logs() as logs:
+        outcomes = []
+        for _ in range(4):
+            outcomes.append(await dispatcher.run_once())
+            clock.now += timedelta(hours=1)
+    assert [(r.retrying, r.failed) for r in outcomes] == [(1, 0), (1, 0), (0, 1), (0, 0)]
     (delivery,) = await _deliveries(db)
     assert (delivery.status, delivery.attempts) == ("failed", 3)
-    assert "451" in delivery.last_error
-    assert (await dispatcher.run_once()).failed == 0, "a failed delivery is not tried again"
+    assert "500" in delivery.last_error and SECRET not in delivery.last_error
+    assert len(receiver.calls) == 3, "a failed delivery is not tried again"
+    assert [e["log_level"] for e in logs if e["event"] == "notification_given_up"] == ["error"]
 
 
 async def test_a_send_interrupted_mid_way_is_retried_after_its_lease(db, outbox, inbox):
     dispatcher, clock = outbox
-    handler, _ = inbox
     await _notify(db, "payment_due", "finance")
     await fan_out(db, clock.now, email=True)
-    claimed = await dispatcher._claim_due()  # the process dies after claiming, before sending
-    assert len(claimed) == 1
-    assert (await dispatcher.run_once()).delivered == 0, "leased to the dead process"
-    clock.now += timedelta(minutes=6)
+    assert len(await dispatcher._claim_due()) == 1  # the process dies after claiming, before sending
+    assert (await dispatcher.run_once()).attempted == 0, "leased to the dead process"
+    clock.now += dispatcher.lease
     assert (await dispatcher.run_once()).delivered == 1
-    assert len(handler.messages) == 1
+    assert len(inbox.messages) == 1
 
 
-async def test_dev_mode_without_smtp_writes_mail_files(db, tmp_path):
-    async with db.transaction() as session:
-        now = utcnow()
-        session.add(StaffMember(subject="cw-1", name="cw", email="cw1@example.org", roles=["caseworker"], active=True,
-                                created_at=now, updated_at=now))  # fmt: skip
+async def test_who_is_no_longer_a_recipient_is_not_sent_to(db, outbox, inbox, receiver):
+    dispatcher, clock = outbox
+    await _notify(db, "decision_needed", "caseworker")
+    await _notify(db, "payment_made", "org:ngo-1")
+    await fan_out(db, clock.now, email=True)
+    async with db.transaction() as session:  # before anything was sent: cw-2 leaves, ngo-1 moves its webhook
+        (await session.get(StaffMember, "cw-2")).active = False
+    await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", "https://new.ngo1.example.org/hook", SECRET)
+    result = await dispatcher.run_once()
+    assert (result.delivered, result.dropped) == (2, 2)
+    assert inbox.recipients() == ["alerts@ngo1.example.org", "cw1@fund.example.org"]
+    assert receiver.calls == []
+    dropped = [d for d in await _deliveries(db) if d.status == "failed"]
+    assert sorted(d.target for d in dropped) == ["cw2@fund.example.org", receiver.url]
+
+
+async def test_two_dispatchers_at_once_deliver_each_delivery_exactly_once(db, outbox, inbox, receiver):
+    if db.is_sqlite:
+        pytest.skip("SQLite serves a single worker process; concurrent dispatchers are a PostgreSQL deployment")
+    dispatcher, clock = outbox
+    twin = NotificationDispatcher(db, dispatcher.settings, clock=clock)
+    for n in range(10):
+        await _notify(db, "decision_needed", "caseworker", request_id=f"gr_{n:04d}")
+        await _notify(db, "information_requested", "org:ngo-1", request_id=f"gr_{n:04d}")
+    rounds = []
+    for _ in range(3):
+        rounds += await asyncio.gather(dispatcher.run_once(), twin.run_once())
+    # 10 x (cw-1, cw-2) + 10 x the organisation's inbox = 30 e-mails, and 10 webhooks.
+    assert sum(r.delivered for r in rounds) == 40
+    assert len(inbox.messages) == 30 and len(receiver.calls) == 10
+    assert len({mail["Message-ID"] for _, mail in inbox.messages}) == 30
+    assert any(r.attempted for r in rounds[0::2]) and any(r.attempted for r in rounds[1::2]), "both took part"
+    async with db.sessions() as session:
+        rows = await session.execute(
+            select(NotificationDelivery.status, NotificationDelivery.attempts, func.count())
+            .group_by(NotificationDelivery.status, NotificationDelivery.attempts)
+        )  # fmt: skip
+        assert rows.all() == [("delivered", 1, 40)]
+
+
+async def test_dev_mode_without_smtp_writes_mail_files(sqlite_db, tmp_path, receiver):
+    db = sqlite_db
+    await _roster(db, ("cw-1", "cw-1@example.org", ["caseworker"], True))
     settings = make_settings(tmp_path, db.url)  # dev mode, no SMTP host
     await _notify(db, "decision_needed", "caseworker")
     assert (await NotificationDispatcher(db, settings).run_once()).delivered == 1
     (eml,) = (tmp_path / "mail").glob("*.eml")
-    assert "decision needed" in eml.read_text()
+    mail = message_from_bytes(eml.read_bytes(), policy=policy.default)
+    assert mail["To"] == "cw-1@example.org"
+    assert mail["Subject"] == "[haven] decision needed – request gr_0001"
+    assert "/v1/grant-requests/gr_0001" in mail.get_content()
 
 
-async def test_outside_dev_mode_without_smtp_no_email_is_queued(db, tmp_path, receiver):
+async def test_outside_dev_mode_without_smtp_only_webhooks_go(sqlite_db, tmp_path, receiver):
+    db = sqlite_db
+    await _roster(db, ("cw-1", "cw-1@example.org", ["caseworker"], True))
+    await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", receiver.url, SECRET)
     settings = make_settings(tmp_path, db.url, dev_mode=False)
+    with structlog.testing.capture_logs() as logs:
+        dispatcher = NotificationDispatcher(db, settings)
+    assert [e["event"] for e in logs] == ["email_notifications_off"], "said once, at start"
     await _notify(db, "decision_needed", "caseworker")
-    assert (await NotificationDispatcher(db, settings).run_once()).dispatched == 1
-    assert await _deliveries(db) == []
+    await _notify(db, "payment_made", "org:ngo-1")
+    result = await dispatcher.run_once()
+    assert (result.dispatched, result.delivered) == (2, 1)
+    assert [(d.channel, d.status) for d in await _deliveries(db)] == [("webhook", "delivered")]
+    assert not (tmp_path / "mail").exists()
 
 
-async def test_two_dispatchers_deliver_each_message_once(db, outbox, inbox, receiver, tmp_path):
-    if db.is_sqlite:
-        pytest.skip("SQLite serves one worker process; concurrent dispatchers are a PostgreSQL deployment")
-    dispatcher, clock = outbox
-    handler, _ = inbox
-    twin = NotificationDispatcher(db, dispatcher.settings, clock=clock)
-    for n in range(15):
-        await _notify(db, "decision_needed", "caseworker", request_id=f"gr_{n:04d}")
-        await _notify(db, "information_requested", "org:ngo-1", request_id=f"gr_{n:04d}")
-    for _ in range(4):
-        await asyncio.gather(dispatcher.run_once(), twin.run_once())
-    # 15 x (cw-1, cw-2) e-mails + 15 x (org inbox e-mail + webhook)
-    assert len(handler.messages) == 45 and len(receiver.delivered()) == 15
-    async with db.sessions() as session:
-        states = dict(
-            (await session.execute(select(NotificationDelivery.status, func.count()).group_by(NotificationDelivery.status))).all()
-        )
-    assert states == {"delivered": 60}
+async def test_a_redirect_is_not_followed(sqlite_db, tmp_path, receiver):
+    db = sqlite_db
+    await _org_channels(db, "ngo-1", None, receiver.url, SECRET)
+    receiver.redirect_to = receiver.url.replace("/haven", "/elsewhere")
+    settings = make_settings(tmp_path, db.url)
+    await _notify(db, "payment_made", "org:ngo-1")
+    assert (await NotificationDispatcher(db, settings).run_once()).retrying == 1
+    assert len(receiver.calls) == 1, "the signed delivery went only where the organisation said"
+    (delivery,) = await _deliveries(db)
+    assert delivery.last_error == "WebhookFailed: the endpoint answered 307"
+
+
+def _self_signed_certificate(tmp_path):
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "haven test SMTP")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )  # fmt: skip
+    cert_file, key_file = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+async def test_starttls_checks_the_certificate_before_logging_in(sqlite_db, tmp_path, monkeypatch):
+    import ssl
+
+    db = sqlite_db
+    cert_file, key_file = _self_signed_certificate(tmp_path)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert_file, key_file)
+    logins = []
+
+    def authenticate(server, session, envelope, mechanism, auth_data):
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"mail-password")
+
+    handler = Inbox()
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=free_port(), tls_context=server_tls, require_starttls=True,
+        authenticator=authenticate, auth_require_tls=True,
+    )  # fmt: skip
+    controller.start()
+    try:
+        await _roster(db, ("fin-1", "fin1@fund.example.org", ["finance"], True))
+        settings = make_settings(
+            tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=controller.port, smtp_starttls=True,
+            smtp_username="haven", smtp_password="mail-password", smtp_sender="haven@fund.example.org",
+        )  # fmt: skip
+        clock = Clock()
+        dispatcher = NotificationDispatcher(db, settings, clock=clock)
+        await _notify(db, "payment_due", "finance")
+
+        # A certificate nobody vouches for: nothing is sent, and the password is not given away.
+        assert (await dispatcher.run_once()).retrying == 1
+        (delivery,) = await _deliveries(db)
+        assert "CERTIFICATE_VERIFY_FAILED" in delivery.last_error and "mail-password" not in delivery.last_error
+        assert logins == [] and handler.messages == []
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))  # now the server's certificate is trusted
+        clock.now += timedelta(minutes=1)
+        assert (await dispatcher.run_once()).delivered == 1
+        assert logins == [(b"haven", b"mail-password")]
+        assert handler.recipients() == ["fin1@fund.example.org"]
+    finally:
+        controller.stop()
 
 
 async def test_a_real_case_notifies_without_personal_data(db, tmp_path, inbox, receiver, time_skipping_env, default_policy):
     """The outbox rows come from the real workflow and activities here, not from the test."""
-    handler, smtp_port = inbox
-    now = utcnow()
-    async with db.transaction() as session:
-        session.add(StaffMember(subject="cw-9", name="cw", email="cw9@fund.example.org", roles=["caseworker"],
-                                active=True, created_at=now, updated_at=now))  # fmt: skip
-        ngo = await session.get(Organisation, "ngo-1")
-        ngo.notification_email, ngo.webhook_url, ngo.webhook_secret = "alerts@ngo1.example.org", receiver.url, SECRET
-    settings = make_settings(tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=smtp_port)
-    case_secrets = ["ZQXJ-7731", "Rue Obscure", "kestrel-UNIQUE-42", "Sekret Holdings", "SECRET 0001"]
+    await _roster(db, ("cw-9", "cw9@fund.example.org", ["caseworker"], True))
+    await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", receiver.url, SECRET)
+    settings = make_settings(tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=inbox.port)
+    case_secrets = ["ZQXJ-7731", "Rue Obscure", "kestrel-UNIQUE-42", "Sekret Holdings", "KE99 SECRET 0001", "Which flat"]
     intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
     async with build_worker(time_skipping_env.client, db, settings):
         harness = Harness(time_skipping_env, intake, db)
@@ -301,14 +472,20 @@ async def test_a_real_case_notifies_without_personal_data(db, tmp_path, inbox, r
         )
         await harness.until(handle, Status.AWAITING_DECISION)
         await harness.ask(handle, caseworker(1), note="Which flat? ZQXJ-7731")  # the org is told, without the note
-        await harness.until(handle, Status.INFORMATION_REQUESTED)
+        await harness.until_recorded(handle.id, Status.INFORMATION_REQUESTED)
 
     result = await NotificationDispatcher(db, settings).run_once()
-    assert result.failed == 0 and result.retrying == 0
-    kinds = {json.loads(body)["kind"] for _, body in receiver.delivered()}
-    assert "information_requested" in kinds, kinds
-    assert any(rcpts == ["cw9@fund.example.org"] for rcpts, _ in handler.messages), "caseworkers were not told"
-    sent = [mail.as_string() for _, mail in handler.messages] + [body.decode() for _, body in receiver.delivered()]
+    assert result.dispatched >= 2 and (result.retrying, result.failed) == (0, 0)
+    assert {d.status for d in await _deliveries(db)} == {"delivered"}
+    webhooks = [json.loads(body) for _, body in receiver.calls]
+    assert [(w["kind"], w["request_id"]) for w in webhooks] == [("information_requested", handle.id)]
+    assert set(webhooks[0]) == BODY_FIELDS
+    subjects = {(rcpts[0], mail["Subject"]) for rcpts, mail in inbox.messages}
+    assert ("cw9@fund.example.org", f"[haven] decision needed – request {handle.id}") in subjects
+    assert ("alerts@ngo1.example.org", f"[haven] information requested – request {handle.id}") in subjects
+
+    sent = [mail.as_string() for _, mail in inbox.messages]
+    sent += [json.dumps(headers) + body.decode() for headers, body in receiver.calls]
     for text in sent:
         for value in case_secrets:
             assert value not in text, f"{value!r} left the system"

@@ -1,5 +1,5 @@
 """What a notification says, built from an allow-list: whatever else an outbox row might hold,
-only these fields ever leave the system."""
+only these fields ever leave the system. Never anything from a request's sensitive column."""
 
 from __future__ import annotations
 
@@ -7,15 +7,23 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from email.utils import format_datetime
 
 from haven.db.models import Notification
 
+# The only fields of an outbox payload that are ever sent.
 OUTBOUND_FIELDS = ("request_id", "kind", "status", "link")
+DELIVERY_HEADER = "Haven-Delivery"
+
+
+def delivery_key(delivery_id: int) -> str:
+    """The id a receiver deduplicates on: one per recipient and channel, the same on every retry."""
+    return f"dlv_{delivery_id}"
 
 
 @dataclass(frozen=True)
 class Message:
-    id: str  # the same for every recipient and every retry, so receivers can deduplicate
+    id: str
     kind: str
     request_id: str | None
     status: str | None
@@ -23,14 +31,15 @@ class Message:
     created_at: datetime
 
     @classmethod
-    def of(cls, notification: Notification) -> "Message":
-        payload = {field: notification.payload.get(field) for field in OUTBOUND_FIELDS}
+    def of(cls, notification: Notification, delivery_id: int) -> Message:
+        payload = notification.payload or {}
+        allowed = {field: payload.get(field) for field in OUTBOUND_FIELDS}
         return cls(
-            id=f"ntf_{notification.id}",
-            kind=str(payload["kind"] or notification.kind),
-            request_id=payload["request_id"],
-            status=payload["status"],
-            link=payload["link"],
+            id=delivery_key(delivery_id),
+            kind=str(allowed["kind"] or notification.kind),
+            request_id=_text(allowed["request_id"] or notification.request_id),
+            status=_text(allowed["status"]),
+            link=_text(allowed["link"]),
             created_at=notification.created_at,
         )
 
@@ -45,19 +54,25 @@ class Message:
         }
         return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
 
-    def email(self, sender: str, to: str, delivery_id: int) -> EmailMessage:
+    def email(self, sender: str, to: str, now: datetime) -> EmailMessage:
+        what = self.kind.replace("_", " ")
         message = EmailMessage()
         message["From"] = sender
         message["To"] = to
-        message["Subject"] = f"[haven] {self.kind.replace('_', ' ')} – request {self.request_id}"
-        domain = sender.rsplit("@", 1)[-1] or "haven"
-        message["Message-ID"] = f"<{self.id}.{delivery_id}@{domain}>"
+        message["Subject"] = f"[haven] {what} – request {self.request_id}"
+        message["Date"] = format_datetime(now)
+        domain = sender.rsplit("@", 1)[-1].strip("<> ") or "haven.invalid"
+        message["Message-ID"] = f"<{self.id}@{domain}>"  # the same on every retry
+        message[DELIVERY_HEADER] = self.id
+        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
         message.set_content(
-            f"A grant request needs your attention.\n\n"
-            f"What:    {self.kind.replace('_', ' ')}\n"
+            f"What:    {what}\n"
             f"Request: {self.request_id}\n"
-            f"Status:  {self.status}\n"
             f"Open it: {self.link}\n\n"
-            "This message carries no case details: sign in to read them.\n"
+            "Sign in to read the case; this message carries no case details.\n"
         )
         return message
+
+
+def _text(value) -> str | None:
+    return None if value is None else str(value)
