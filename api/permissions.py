@@ -37,6 +37,7 @@ class Operation(StrEnum):
     MANAGE_STAFF = "add or change a staff member"
     LIST_ORGANISATIONS = "list organisations"
     MANAGE_ORGANISATIONS = "register, suspend or change an organisation"
+    ROTATE_WEBHOOK_SECRET = "rotate an organisation's webhook secret"
 
 
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
@@ -58,6 +59,7 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.MANAGE_STAFF: frozenset({R.ADMIN}),
     Operation.LIST_ORGANISATIONS: frozenset({R.ADMIN}),
     Operation.MANAGE_ORGANISATIONS: frozenset({R.ADMIN}),
+    Operation.ROTATE_WEBHOOK_SECRET: frozenset({R.ADMIN}),
 }
 
 # Intermediaries see and act on their own organisation's requests only.

@@ -20,7 +20,7 @@ class AssignmentInput(Strict):
 
     # None hands the request back to the unassigned queue.
     assignee: Annotated[str, StringConstraints(pattern=SUBJECT)] | None = Field(
-        description="the subject of an active caseworker or director on the roster; null to unassign"
+        description="`me`, or the subject of an active caseworker or director on the roster; null to unassign"
     )
 
 

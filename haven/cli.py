@@ -130,7 +130,10 @@ async def _seed_dev_organisations(db) -> None:
     async with db.transaction() as session:
         for org_id, name, trust in DEV_ORGANISATIONS:
             if await session.get(Organisation, org_id) is None:
-                session.add(Organisation(id=org_id, name=name, trust_level=trust, active=True, created_at=utcnow()))
+                session.add(
+                    Organisation(id=org_id, name=name, trust_level=trust, active=True,
+                                 notification_email=f"alerts@{org_id}.example.org", created_at=utcnow())  # fmt: skip
+                )
         for subject, name, roles in DEV_STAFF:
             if await session.get(StaffMember, subject) is None:
                 now = utcnow()

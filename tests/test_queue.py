@@ -117,7 +117,7 @@ async def test_assignment_and_hand_over(api: Api):
     url = f"/v1/grant-requests/{request_id}/assignment"
     cw1 = api.token("caseworker", "cw-1")
 
-    taken = await api.http.put(url, json={"assignee": "cw-1"}, headers=cw1)
+    taken = await api.http.put(url, json={"assignee": "me"}, headers=cw1)
     assert taken.status_code == 200 and taken.json()["assigned_to"] == "cw-1"
     mine = (await api.http.get("/v1/grant-requests", params={"assigned_to": "me"}, headers=cw1)).json()["items"]
     assert [r["id"] for r in mine] == [request_id]

@@ -159,7 +159,8 @@ async def assign_grant_request(
     put it back in the unassigned queue."""
     await _visible(svc, request_id, actor)
     try:
-        record = await assign(svc.db, actor, request_id, body.assignee)
+        assignee = actor.subject if body.assignee == "me" else body.assignee
+        record = await assign(svc.db, actor, request_id, assignee)
     except AssignmentRefused as refused:
         if refused.field:
             raise Problem(422, "assignment-refused", str(refused), errors=[{"field": refused.field, "message": str(refused)}]) from None

@@ -73,7 +73,7 @@ async def put_organisation(
 async def rotate_secret(
     organisation_id: OrganisationId,
     svc: Svc,
-    actor: Annotated[Actor, Depends(require(Operation.MANAGE_ORGANISATIONS))],
+    actor: Annotated[Actor, Depends(require(Operation.ROTATE_WEBHOOK_SECRET))],
 ) -> OrganisationSaved:
     """A new webhook signing secret, returned once; the old one stops working at once."""
     try:
