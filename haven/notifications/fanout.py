@@ -86,7 +86,10 @@ async def fan_out(db: Database, now: datetime, *, email: bool) -> int:
         for notification in pending:
             targets = await recipients.of(notification.audience)
             if not targets:
-                log.info("notification_without_recipients", notification=notification.id, audience=notification.audience)
+                # An organisation may choose no channel; fund staff must always be reachable, so an
+                # empty roster for a role is an operational error someone has to see.
+                report = log.info if notification.audience.startswith("org:") else log.error
+                report("notification_without_recipients", notification=notification.id, audience=notification.audience)
             for channel, target in sorted(targets):
                 if (notification.id, channel, target) in existing:
                     continue
