@@ -58,6 +58,7 @@ class Stack:
 def stack(tmp_path_factory):
     haven = LocalHaven(tmp_path_factory.mktemp("schemathesis") / "var", HAVEN_INTAKE_RATE_PER_MINUTE="1000000")
     haven.start()
+    figures["started"] = time.monotonic()
     try:
         yield Stack(haven)
     finally:
