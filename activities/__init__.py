@@ -6,20 +6,32 @@ from collections.abc import Callable
 from typing import Any
 
 from activities.budget import BudgetReservations
-from activities.payments import Disbursements
+from activities.payments import Disbursements, ManualRail, Rail
 from activities.records import CaseRecords
 from activities.risk import RiskAssessor
 from activities.screening import PayeeScreening
+from activities.stripe_rail import StripeRail, stripe_client
 from haven.db import Database
+from haven.grant_request import PaymentRail
 from haven.settings import Settings
 
 
-def build_activities(db: Database, settings: Settings) -> list[Callable[..., Any]]:
+def rails(settings: Settings) -> dict[PaymentRail, Rail]:
+    """The payment rails this worker can use: manual always, Stripe when it has an API key."""
+    available: dict[PaymentRail, Rail] = {PaymentRail.MANUAL: ManualRail()}
+    if PaymentRail.STRIPE in settings.payment_rails:
+        available[PaymentRail.STRIPE] = StripeRail(stripe_client(settings))
+    return available
+
+
+def build_activities(
+    db: Database, settings: Settings, payment_rails: dict[PaymentRail, Rail] | None = None
+) -> list[Callable[..., Any]]:
     records = CaseRecords(db, settings.public_base_url)
     screening = PayeeScreening(db, settings.denied_parties_file)
     risk = RiskAssessor(db)
     budget = BudgetReservations(db)
-    payments = Disbursements(db)
+    payments = Disbursements(db, payment_rails or rails(settings))
     return [
         records.load_pinned_policy,
         records.record_event,

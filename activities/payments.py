@@ -7,8 +7,9 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from haven.case_events import DisbursementStarted, PaymentInstruction
+from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Payment
 from haven.grant_request import PaymentRail
@@ -35,8 +36,13 @@ class Disbursements:
 
     @activity.defn
     async def start_disbursement(self, instruction: PaymentInstruction) -> DisbursementStarted:
+        rail = self.rails.get(instruction.rail)
+        if rail is None:
+            raise ApplicationError(
+                f"the {instruction.rail} rail is not configured on this worker", type=PAYMENT_REFUSED, non_retryable=True
+            )
         payee = await self._open_payment(instruction)
-        return await self.rails[instruction.rail].start(instruction, payee)
+        return await rail.start(instruction, payee)
 
     async def _open_payment(self, instruction: PaymentInstruction) -> dict[str, Any]:
         """One payment row per tranche; a retry after a failure reopens it as a new attempt."""

@@ -41,7 +41,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         temporal = client or await connect(settings)
         pinned = load_policy(settings.policy_file)
         await record_policy_version(database, pinned)
-        intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings))
+        intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings), settings.payment_rails)
         app.state.services = Services(
             settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute)
         )

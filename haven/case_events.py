@@ -120,6 +120,10 @@ class PaymentInstruction(Strict):
         return f"{self.request_id}:tranche:{self.tranche}"
 
 
+# The error type a rail raises (non-retryable) when it refuses a payment for good.
+PAYMENT_REFUSED = "PaymentRefused"
+
+
 class DisbursementStarted(Strict):
     """A rail either completes the payment or leaves it awaiting confirmation (manual, webhooks)."""
 

@@ -152,7 +152,7 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
     from haven.worker import build_worker
     from policies import load_policy
 
-    intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings))
+    intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings), settings.payment_rails)
     worker = build_worker(client, db, settings)
     # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.
     notifications = NotificationDispatcher(db, settings)

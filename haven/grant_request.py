@@ -7,7 +7,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from haven.lifecycle import Action, Status
 from haven.money import Money, PositiveMoney
@@ -45,7 +45,8 @@ class TrustLevel(StrEnum):
 
 
 class PaymentRail(StrEnum):
-    MANUAL = "manual"
+    MANUAL = "manual"  # finance pays by bank transfer and records it
+    STRIPE = "stripe"  # a Stripe Connect transfer to the payee's connected account
 
 
 class Role(StrEnum):
@@ -112,6 +113,15 @@ class Payee(Strict):
     country: CountryCode
     rail: PaymentRail = PaymentRail.MANUAL
     account: Reference | None = Field(default=None, description="IBAN or account reference for a bank transfer.")
+    stripe_account: Annotated[str, StringConstraints(pattern=r"^acct_[A-Za-z0-9]{1,64}$")] | None = Field(
+        default=None, description="The payee's Stripe connected account (onboarded outside haven); for rail `stripe`."
+    )
+
+    @model_validator(mode="after")
+    def _rail_has_what_it_needs(self) -> "Payee":
+        if self.rail == PaymentRail.STRIPE and not self.stripe_account:
+            raise ValueError("rail stripe needs the payee's stripe_account (acct_…)")
+        return self
 
 
 class GrantRequestSubmission(Strict):

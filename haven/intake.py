@@ -20,7 +20,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Organisation, PolicyRecord
-from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission
+from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
 from haven.lifecycle import Status
 from policies import PolicyVersion
 from policies.rules import PolicyViolation, check_intake, to_base
@@ -76,7 +76,16 @@ async def record_policy_version(db: Database, pinned: PolicyVersion) -> None:
 
 
 class Intake:
-    def __init__(self, db: Database, client: Client, task_queue: str, policy: PolicyVersion, index_key: bytes):
+    def __init__(
+        self,
+        db: Database,
+        client: Client,
+        task_queue: str,
+        policy: PolicyVersion,
+        index_key: bytes,
+        rails: frozenset[PaymentRail] = frozenset({PaymentRail.MANUAL}),
+    ):
+        self.rails = rails  # the payment rails this deployment is configured for
         self.db = db
         self.client = client
         self.task_queue = task_queue
@@ -99,6 +108,8 @@ class Intake:
         existing = await self._find(organisation_id, idempotency_key)
         if existing is not None:
             return await self._replay(existing, digest)
+        if submission.payee.rail not in self.rails:
+            raise IntakeRefused("policy", f"this fund does not pay through {submission.payee.rail}", "payee.rail")
         if admit is not None:
             admit()
         try:

@@ -6,6 +6,8 @@ from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, model_validator
+
+from haven.grant_request import PaymentRail
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -48,6 +50,13 @@ class Settings(BaseSettings):
     jwks_cache_seconds: int = 3600
     jwks_min_refresh_seconds: int = 30
 
+    # Stripe (payment rail "stripe"). The API base is empty for Stripe itself; development and the
+    # tests point it at the local Stripe-compatible server.
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_timeout_seconds: float = 20.0
+
     # Intake: each organisation may submit this many requests per minute (bursts up to the same).
     intake_rate_per_minute: int = 30
 
@@ -75,6 +84,11 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'haven.db'}"
         return self
+
+    @property
+    def payment_rails(self) -> frozenset[PaymentRail]:
+        """The rails this deployment can pay through: manual always, Stripe once it has a key."""
+        return frozenset({PaymentRail.MANUAL, PaymentRail.STRIPE} if self.stripe_api_key else {PaymentRail.MANUAL})
 
     @property
     def async_database_url(self) -> str:

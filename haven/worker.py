@@ -11,10 +11,11 @@ from haven.settings import Settings
 from workflows import WORKFLOWS
 
 
-def build_worker(client: Client, db: Database, settings: Settings) -> Worker:
+def build_worker(client: Client, db: Database, settings: Settings, payment_rails=None) -> Worker:
+    """`payment_rails` replaces the configured rails (tests drive a rail of their own)."""
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
-        activities=build_activities(db, settings),
+        activities=build_activities(db, settings, payment_rails),
     )

@@ -114,6 +114,8 @@ async def test_finance_sees_the_payee_but_not_the_case(api: Api):
         ({"defender": {"pseudonym": "falcon", "name": "Real Name"}}, "defender.name"),
         ({"purpose": "x" * 4001}, "purpose"),
         ({"tranches": 2.5}, "tranches"),
+        ({"payee": {"name": "Vendor", "country": "KE", "rail": "stripe"}}, "payee"),
+        ({"payee": {"name": "Vendor", "country": "KE", "rail": "stripe", "stripe_account": "ba_123"}}, "payee.stripe_account"),
     ],
 )
 async def test_invalid_submissions_point_at_the_field_and_store_nothing(api: Api, change, field):
@@ -130,6 +132,11 @@ async def test_invalid_submissions_point_at_the_field_and_store_nothing(api: Api
         ({"amount": {"minor_units": 10_000, "currency": "JPY"}}, "amount.currency", "does not pay in JPY"),
         ({"tranches": 3}, "tranches", "one payment"),
         ({"category": "safe_housing", "tranches": 12}, "tranches", "at most 6"),
+        (
+            {"payee": {"name": "Vendor", "country": "KE", "rail": "stripe", "stripe_account": "acct_1Abc"}},
+            "payee.rail",
+            "does not pay through stripe",  # this deployment has no Stripe key
+        ),
     ],
 )
 async def test_submissions_the_policy_cannot_grant_are_refused(api: Api, change, field, words):

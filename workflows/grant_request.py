@@ -10,7 +10,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.budget import BudgetReservations
@@ -19,6 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from activities.risk import RiskAssessor
     from activities.screening import PayeeScreening
     from haven.case_events import (
+        PAYMENT_REFUSED,
+        DisbursementStarted,
         CaseEvent,
         DecisionEntry,
         MessageEntry,
@@ -59,6 +61,14 @@ with workflow.unsafe.imports_passed_through():
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
+
+def _refusal(error: ActivityError) -> str | None:
+    """The reason when a rail refused a payment for good; None for anything else."""
+    cause = error.cause
+    if isinstance(cause, ApplicationError) and cause.type == PAYMENT_REFUSED:
+        return cause.message
+    return None
+
 
 def _notify(kind: str, *audiences: str) -> list[NotificationRequest]:
     return [NotificationRequest(kind=kind, audience=a) for a in audiences]
@@ -226,28 +236,35 @@ class GrantRequestWorkflow:
             self._payment_attempts[tranche.number] = attempt
             # The rail is started before the status says payment_pending: a withdrawal is only
             # accepted once the payment exists to be cancelled, never while money is moving.
-            await self._remote_activity(
-                Disbursements.start_disbursement,
-                PaymentInstruction(
-                    request_id=self._start.request_id,
-                    tranche=tranche.number,
-                    attempt=attempt,
-                    rail=self._start.rail,
-                    amount=tranche.amount,
-                    amount_base_minor=rules.to_base(self._policy, tranche.amount),
-                ),
+            instruction = PaymentInstruction(
+                request_id=self._start.request_id,
+                tranche=tranche.number,
+                attempt=attempt,
+                rail=self._start.rail,
+                amount=tranche.amount,
+                amount_base_minor=rules.to_base(self._policy, tranche.amount),
             )
-            tranche.status = "payment_pending"
             self._state.current_tranche = tranche.number
             self._retry_requested = False
-            await self._record(
-                "payment_started",
-                to=Status.PAYMENT_PENDING,
-                facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
-                projection=RequestProjection(current_tranche=tranche.number),
-                notify=_notify("payment_due", "finance"),
-            )
-            await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
+            try:
+                started: DisbursementStarted = await self._remote_activity(Disbursements.start_disbursement, instruction)
+            except ActivityError as error:
+                reason = _refusal(error)
+                if reason is None:
+                    raise
+                await self._payment_refused(tranche, attempt, reason)
+            else:
+                tranche.status = "payment_pending"
+                await self._record(
+                    "payment_started",
+                    to=Status.PAYMENT_PENDING,
+                    facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
+                    projection=RequestProjection(current_tranche=tranche.number),
+                    notify=_notify("payment_due", "finance") if started.outcome != "completed" else [],
+                )
+                if started.outcome == "completed":
+                    await self._payment_completed(tranche, started.reference or "")
+                await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
             if self._state.status == Status.PAID:
                 return True
             await self._release(reason=str(self._state.status))
@@ -270,6 +287,33 @@ class GrantRequestWorkflow:
                 return False
             if self._state.status != Status.PAYMENT_FAILED:
                 return False
+
+    async def _payment_completed(self, tranche: Tranche, reference: str) -> None:
+        """The rail paid (a Stripe transfer exists): no one has to confirm it."""
+        tranche.status = "paid"
+        tranche.reference = reference
+        tranche.paid_on = workflow.now().date()
+        self._last_paid_at = workflow.now()
+        await self._record(
+            "payment_completed",
+            to=Status.PAID,
+            facts={"tranche": tranche.number, "rail": self._start.rail, "reference": reference},
+            payment=PaymentUpdate(tranche=tranche.number, status="paid", reference=reference, paid_on=tranche.paid_on),
+            notify=_notify("payment_made", self._org),
+        )
+
+    async def _payment_refused(self, tranche: Tranche, attempt: int, reason: str) -> None:
+        """The rail refused for good (no such account, no balance…): finance must act."""
+        tranche.status = "failed"
+        await self._record(
+            "payment_refused",
+            to=Status.PAYMENT_FAILED if self._state.status != Status.PAYMENT_FAILED else None,
+            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
+            message=MessageEntry(kind="payment_failure", body={"reason": reason}, tranche=tranche.number),
+            payment=PaymentUpdate(tranche=tranche.number, status="failed", failure_reason=reason),
+            projection=RequestProjection(current_tranche=tranche.number),
+            notify=_notify("payment_failed", "finance", "caseworker"),
+        )
 
     async def _check_in_before(self, tranche: Tranche, last_paid_at: datetime) -> bool:
         """Safe housing: each further tranche is released only after the intermediary checks in."""

@@ -1,0 +1,69 @@
+"""The Stripe rail: one Connect Transfer per tranche to the payee's connected account.
+
+The idempotency key comes from the request and tranche only, so however often Temporal retries
+the activity (a crash, a timeout, a lost response), Stripe returns the transfer it made first.
+Transient failures (network, 5xx, 429) are raised as they are and retried by Temporal with
+back-off; Stripe's own client never retries, so there is one retry policy, not two. Permanent
+refusals (no such account, insufficient platform balance, an invalid request) fail the payment
+step at once and say why, without any personal data."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import stripe
+from temporalio.exceptions import ApplicationError
+
+from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
+from haven.settings import Settings
+
+# Retrying these cannot succeed: the payment fails and finance decides what to do.
+PERMANENT = (
+    stripe.InvalidRequestError,
+    stripe.IdempotencyError,
+    stripe.PermissionError,
+    stripe.AuthenticationError,
+    stripe.CardError,
+)
+
+
+def stripe_client(settings: Settings) -> stripe.StripeClient:
+    """`HAVEN_STRIPE_API_BASE` points the real client at another Stripe-compatible server (the
+    local one in development and tests); empty means Stripe itself."""
+    base = {"api": settings.stripe_api_base} if settings.stripe_api_base else None
+    return stripe.StripeClient(
+        settings.stripe_api_key,
+        base_addresses=base,
+        max_network_retries=0,
+        http_client=stripe.HTTPXClient(timeout=settings.stripe_timeout_seconds),
+    )
+
+
+def refused(reason: str) -> ApplicationError:
+    return ApplicationError(reason, type=PAYMENT_REFUSED, non_retryable=True)
+
+
+class StripeRail:
+    def __init__(self, client: stripe.StripeClient):
+        self.client = client
+
+    async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted:
+        account = payee.get("stripe_account")
+        if not account:
+            raise refused("the payee has no Stripe connected account")
+        params: dict[str, Any] = {
+            "amount": instruction.amount.minor_units,
+            "currency": instruction.amount.currency.lower(),
+            "destination": account,
+            "transfer_group": instruction.request_id,
+            # Ids only: Stripe is a third party and sees nothing about the defender or the case.
+            "metadata": {"request_id": instruction.request_id, "tranche": str(instruction.tranche)},
+        }
+        try:
+            transfer = await self.client.v1.transfers.create_async(
+                params, {"idempotency_key": instruction.idempotency_key}
+            )
+        except PERMANENT as error:
+            code = getattr(error, "code", None) or type(error).__name__
+            raise refused(f"Stripe refused the transfer ({code})") from None
+        return DisbursementStarted(outcome="completed", reference=transfer.id)

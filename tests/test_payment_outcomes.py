@@ -1,0 +1,102 @@
+"""What the workflow does with each answer a payment rail can give, on SQLite and PostgreSQL:
+the payment completed (a Stripe transfer exists), a permanent refusal (the budget is released and
+finance told; a retry can then succeed), and transient errors that Temporal retries until the
+rail answers. The rail here is a scripted stand-in for any rail; the Stripe rail itself is tested
+against the local Stripe-compatible server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from temporalio.exceptions import ApplicationError
+
+from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
+from haven.grant_request import PaymentRail
+from haven.intake import Intake
+from haven.lifecycle import Status
+from haven.worker import build_worker
+from tests.conftest import make_settings
+from tests.harness import Harness, caseworker
+
+STRIPE_PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_1DSP"}
+
+
+class ScriptedRail:
+    """Answers each call with the next step of its script: "ok", "refuse" or "fail" (transient)."""
+
+    def __init__(self, *script: str):
+        self.script = list(script)
+        self.calls: list[str] = []
+
+    async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted:
+        self.calls.append(instruction.idempotency_key)
+        step = self.script.pop(0) if self.script else "ok"
+        if step == "refuse":
+            raise ApplicationError("the rail refused the transfer (balance_insufficient)", type=PAYMENT_REFUSED, non_retryable=True)
+        if step == "fail":
+            raise RuntimeError("connection reset")
+        return DisbursementStarted(outcome="completed", reference=f"tr_{len(self.calls)}")
+
+
+@pytest.fixture
+def run(time_skipping_env, db, tmp_path, default_policy):
+    async def start(rail: ScriptedRail) -> tuple[Harness, Any]:
+        settings = make_settings(tmp_path, db.url)
+        worker = build_worker(time_skipping_env.client, db, settings, {PaymentRail.STRIPE: rail})
+        rails = frozenset({PaymentRail.MANUAL, PaymentRail.STRIPE})
+        intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", rails)
+        return Harness(time_skipping_env, intake, db), worker
+
+    return start
+
+
+async def test_a_completed_transfer_pays_the_tranche_without_anyone_confirming(run):
+    rail = ScriptedRail("ok")
+    harness, worker = await run(rail)
+    async with worker:
+        handle = await harness.submit(payee=STRIPE_PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.FOLLOW_UP)
+        (payment,) = await harness.payments(handle.id)
+        assert (payment.status, payment.reference, payment.rail) == ("paid", "tr_1", "stripe")
+        actions = [e.action for e in await harness.audit(handle.id)]
+        assert actions.index("payment_started") < actions.index("payment_completed")
+        assert "payment_due" not in [n.kind for n in await harness.notifications(handle.id)]
+    assert rail.calls == [f"{handle.id}:tranche:1"]
+
+
+async def test_a_refusal_releases_the_budget_and_a_retry_can_pay(run):
+    rail = ScriptedRail("refuse", "ok")
+    harness, worker = await run(rail)
+    async with worker:
+        handle = await harness.submit(payee=STRIPE_PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.PAYMENT_FAILED)
+        (payment,) = await harness.payments(handle.id)
+        assert payment.status == "failed" and "balance_insufficient" in payment.failure_reason
+        (reservation,) = await harness.reservations(handle.id)
+        assert reservation.status == "released"
+        told = {(n.kind, n.audience) for n in await harness.notifications(handle.id)}
+        assert ("payment_failed", "finance") in told
+
+        await harness.retry(handle)
+        await harness.until(handle, Status.FOLLOW_UP)
+        (payment,) = await harness.payments(handle.id)
+        assert (payment.status, payment.attempts, payment.reference) == ("paid", 2, "tr_2")
+    # Both attempts used the same key: had the first been made, the second would return it.
+    assert rail.calls == [f"{handle.id}:tranche:1"] * 2
+
+
+async def test_transient_errors_are_retried_until_the_rail_answers(run):
+    rail = ScriptedRail("fail", "fail", "ok")
+    harness, worker = await run(rail)
+    async with worker:
+        handle = await harness.submit(payee=STRIPE_PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.FOLLOW_UP)
+        assert [e.action for e in await harness.audit(handle.id)].count("payment_refused") == 0
+    assert rail.calls == [f"{handle.id}:tranche:1"] * 3
