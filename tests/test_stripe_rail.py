@@ -1,0 +1,117 @@
+"""The Stripe rail through the real `stripe` package against the local Stripe-compatible server:
+exactly one transfer per tranche however the call fails, permanent refusals told apart from
+transient ones, and a grant paid end to end by the workflow on the time-skipping server."""
+
+from __future__ import annotations
+
+import pytest
+import stripe
+from temporalio.exceptions import ApplicationError
+
+from activities.stripe_rail import StripeRail, stripe_client
+from haven.case_events import PAYMENT_REFUSED, PaymentInstruction
+from haven.grant_request import PaymentRail
+from haven.intake import Intake
+from haven.lifecycle import Status
+from haven.money import Money
+from haven.stripe_local import LocalStripe
+from haven.worker import build_worker
+from tests.conftest import make_settings
+from tests.harness import Harness, caseworker
+
+PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_payee1"}
+
+
+@pytest.fixture
+def local_stripe():
+    with LocalStripe() as server:
+        server.control.create_account("acct_payee1")
+        server.control.top_up(10_000_000, "eur")
+        yield server
+
+
+def _rail(server: LocalStripe, tmp_path, **settings) -> StripeRail:
+    values = {"stripe_api_key": server.api_key, "stripe_api_base": server.url, "stripe_timeout_seconds": 2.0, **settings}
+    return StripeRail(stripe_client(make_settings(tmp_path, "sqlite://", **values)))
+
+
+def _instruction(request_id: str = "gr_rail1", tranche: int = 1, minor_units: int = 150_000) -> PaymentInstruction:
+    return PaymentInstruction(
+        request_id=request_id, tranche=tranche, attempt=1, rail=PaymentRail.STRIPE,
+        amount=Money(minor_units=minor_units, currency="EUR"), amount_base_minor=minor_units,
+    )  # fmt: skip
+
+
+async def test_a_transfer_carries_ids_only_and_a_retry_returns_it(local_stripe, tmp_path):
+    rail = _rail(local_stripe, tmp_path)
+    first = await rail.start(_instruction(), PAYEE)
+    again = await rail.start(_instruction().model_copy(update={"attempt": 2}), PAYEE)
+    assert first.outcome == "completed" and first.reference == again.reference
+    (transfer,) = local_stripe.control.transfers()
+    assert transfer["amount"] == 150_000 and transfer["currency"] == "eur" and transfer["destination"] == "acct_payee1"
+    assert transfer["metadata"] == {"request_id": "gr_rail1", "tranche": "1"}
+
+
+@pytest.mark.parametrize("fault", ["error-500", "error-429", "drop_after_commit", "delay"])
+async def test_however_the_call_fails_there_is_exactly_one_transfer(local_stripe, tmp_path, fault):
+    rail = _rail(local_stripe, tmp_path)
+    if fault.startswith("error"):
+        local_stripe.control.inject_fault("error", status=int(fault.split("-")[1]))
+    elif fault == "delay":
+        local_stripe.control.inject_fault("delay", seconds=3)  # longer than the client's 2 s timeout
+    else:
+        local_stripe.control.inject_fault(fault)
+    with pytest.raises(stripe.StripeError) as failed:
+        await rail.start(_instruction(), PAYEE)
+    assert not isinstance(failed.value, ApplicationError), "transient: left for Temporal to retry"
+    if fault == "delay":
+        import asyncio
+
+        await asyncio.sleep(1.5)  # the slow request still completes on the server
+    retried = await rail.start(_instruction(), PAYEE)  # what Temporal's retry does
+    assert local_stripe.control.transfer_count() == 1
+    assert retried.reference == local_stripe.control.transfers()[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("payee", "balance", "code"),
+    [
+        ({**PAYEE, "stripe_account": "acct_unknown"}, None, "resource_missing"),
+        (PAYEE, 0, "balance_insufficient"),
+        ({k: v for k, v in PAYEE.items() if k != "stripe_account"}, None, "no Stripe connected account"),
+    ],
+    ids=["unknown-account", "insufficient-balance", "no-account-on-payee"],
+)
+async def test_permanent_refusals_fail_the_payment_step(local_stripe, tmp_path, payee, balance, code):
+    if balance == 0:
+        local_stripe.control.reset()
+        local_stripe.control.create_account("acct_payee1")
+    with pytest.raises(ApplicationError) as refused:
+        await _rail(local_stripe, tmp_path).start(_instruction(), payee)
+    assert refused.value.type == PAYMENT_REFUSED and refused.value.non_retryable
+    assert code in refused.value.message
+    assert local_stripe.control.transfer_count() == 0
+
+
+async def test_a_wrong_api_key_is_a_refusal_not_an_endless_retry(local_stripe, tmp_path):
+    rail = _rail(local_stripe, tmp_path, stripe_api_key="rk_live_wrong")
+    with pytest.raises(ApplicationError) as refused:
+        await rail.start(_instruction(), PAYEE)
+    assert refused.value.non_retryable
+
+
+async def test_a_grant_is_paid_through_stripe_end_to_end(local_stripe, time_skipping_env, db, tmp_path, default_policy):
+    settings = make_settings(tmp_path, db.url, stripe_api_key=local_stripe.api_key, stripe_api_base=local_stripe.url)
+    # The response to the first transfer call is lost after the transfer was made.
+    local_stripe.control.inject_fault("drop_after_commit")
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
+    harness = Harness(time_skipping_env, intake, db)
+    async with build_worker(time_skipping_env.client, db, settings):
+        handle = await harness.submit(payee=PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.FOLLOW_UP)
+        (payment,) = await harness.payments(handle.id)
+    (transfer,) = local_stripe.control.transfers()
+    assert (payment.status, payment.reference, payment.amount_minor) == ("paid", transfer["id"], transfer["amount"])
+    assert transfer["metadata"]["request_id"] == handle.id
