@@ -31,7 +31,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _is_internal_address(host: str) -> bool:
+def is_internal_address(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -49,7 +49,7 @@ def check_webhook_url(url: str) -> str:
         raise ValueError("must be an absolute https URL")
     if parts.scheme == "http" and not is_loopback(parts.hostname):
         raise ValueError("must use https (plain http only to this machine)")
-    if _is_internal_address(parts.hostname):
+    if is_internal_address(parts.hostname):
         raise ValueError("must not point at a private, link-local or reserved address")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials; requests are signed instead")

@@ -366,6 +366,7 @@ async def test_outside_dev_mode_without_smtp_only_webhooks_go(sqlite_db, tmp_pat
     with structlog.testing.capture_logs() as logs:
         dispatcher = NotificationDispatcher(db, settings)
     assert [e["event"] for e in logs] == ["email_notifications_off"], "said once, at start"
+    dispatcher.webhooks.allow_loopback = True  # the test's receiver runs on this machine
     await _notify(db, "decision_needed", "caseworker")
     await _notify(db, "payment_made", "org:ngo-1")
     result = await dispatcher.run_once()
@@ -489,3 +490,21 @@ async def test_a_real_case_notifies_without_personal_data(db, tmp_path, inbox, r
     for text in sent:
         for value in case_secrets:
             assert value not in text, f"{value!r} left the system"
+
+
+@pytest.mark.parametrize(
+    ("url", "allow_loopback", "reason"),
+    [
+        ("https://10.1.2.3/hook", True, "private"),  # even if configured before the rule existed
+        ("https://169.254.169.254/latest/meta-data", True, "private"),  # cloud metadata
+        ("http://127.0.0.1:9/hook", False, "loopback"),  # this machine, outside dev mode
+        ("https://localhost/hook", False, "loopback"),  # a name that resolves to this machine
+        ("https://no-such-host.invalid/hook", True, "does not resolve"),
+    ],
+)
+async def test_webhooks_never_go_to_internal_addresses(url, allow_loopback, reason):
+    from haven.notifications.webhooks import WebhookFailed, WebhookSender
+
+    with pytest.raises(WebhookFailed) as refused:
+        await WebhookSender(1.0, allow_loopback=allow_loopback).send(url, SECRET, "dlv_1", b"{}")
+    assert reason in str(refused.value)  # refused before any connection was tried

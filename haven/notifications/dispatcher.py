@@ -81,7 +81,7 @@ class NotificationDispatcher:
         self.settings = settings
         self.clock = clock
         self.mail = mail if mail is not None else mail_transport(settings)
-        self.webhooks = WebhookSender(settings.webhook_timeout_seconds)
+        self.webhooks = WebhookSender(settings.webhook_timeout_seconds, allow_loopback=settings.dev_mode)
         # No send outlives its lease: then no two dispatchers send the same delivery at once.
         self.send_limit = 2 * max(settings.webhook_timeout_seconds, SMTP_TIMEOUT_SECONDS) + 5
         self.lease = max(MIN_LEASE, timedelta(seconds=2 * self.send_limit))

@@ -4,11 +4,17 @@ both who sent it and that it is fresh: `Haven-Signature: t=<unix>,v1=<hex HMAC-S
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import ipaddress
+import socket
 import time
+from urllib.parse import urlsplit
 
 import httpx
+
+from haven.organisations import is_internal_address
 
 from haven.notifications.message import DELIVERY_HEADER
 
@@ -42,9 +48,25 @@ class WebhookFailed(Exception):
     """The endpoint did not take the delivery; the message never includes the body or secret."""
 
 
+async def _refuse_internal_destinations(url: str, allow_loopback: bool) -> None:
+    """The URL was checked when it was configured, but a name can later resolve to an internal
+    address: the worker must never be made to call services inside the fund's network (nor, outside
+    dev mode, on its own machine)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        addresses = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
+    except OSError:
+        raise WebhookFailed("the endpoint's host name does not resolve") from None
+    for address in {str(a[4][0]) for a in addresses}:
+        if is_internal_address(address) or (not allow_loopback and ipaddress.ip_address(address).is_loopback):
+            raise WebhookFailed("the endpoint resolves to a private, reserved or loopback address")
+
+
 class WebhookSender:
-    def __init__(self, timeout_seconds: float):
+    def __init__(self, timeout_seconds: float, allow_loopback: bool = False):
         self.timeout = timeout_seconds
+        self.allow_loopback = allow_loopback  # dev mode and tests run receivers on this machine
 
     async def send(self, url: str, secret: str, delivery_id: str, body: bytes) -> None:
         headers = {
@@ -53,6 +75,7 @@ class WebhookSender:
             SIGNATURE_HEADER: sign(secret, body, int(time.time())),
             "User-Agent": "haven-webhooks",
         }
+        await _refuse_internal_destinations(url, self.allow_loopback)
         # Redirects are not followed: a signed delivery goes only where the organisation said.
         async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
             try:
