@@ -70,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
     from haven.keys import MissingSecret
 
     try:
+        if args.command == "api":
+            from api.auth import TokenVerifier
+
+            TokenVerifier(settings)  # a wrong identity setup is reported before anything starts
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(runners[args.command](settings)) or 0
     except (ConfigurationError, MissingSecret, Unavailable) as error:

@@ -96,3 +96,16 @@ def test_token_works_from_a_second_terminal_without_dev_mode_set(tmp_path):
     out = subprocess.run([HAVEN, "token", "--role", "caseworker", "--sub", "cw-1"], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count(".") == 2 and (tmp_path / "secrets" / "jwt-hs256").exists()
+
+
+def test_the_api_refuses_to_start_without_an_identity_provider(tmp_path):
+    """Outside dev mode there is no token the API could trust: it says so and exits, at once."""
+    import os
+    import subprocess
+
+    from haven.localstack import HAVEN
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAVEN_")} | {"HAVEN_VAR_DIR": str(tmp_path)}
+    out = subprocess.run([HAVEN, "api"], env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert "HAVEN_JWKS_URL" in out.stderr and "Traceback" not in out.stderr
