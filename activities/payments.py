@@ -7,9 +7,8 @@ from typing import Any, Protocol
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
+from haven.case_events import DisbursementStarted, PaymentInstruction
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Payment
 from haven.grant_request import PaymentRail
@@ -38,9 +37,9 @@ class Disbursements:
     async def start_disbursement(self, instruction: PaymentInstruction) -> DisbursementStarted:
         rail = self.rails.get(instruction.rail)
         if rail is None:
-            raise ApplicationError(
-                f"the {instruction.rail} rail is not configured on this worker", type=PAYMENT_REFUSED, non_retryable=True
-            )
+            # A worker set up without this rail (a rolling deploy, a missing key): another worker,
+            # or this one once fixed, can pay it. Retried, never a refusal.
+            raise RuntimeError(f"the {instruction.rail} rail is not configured on this worker")
         payee = await self._open_payment(instruction)
         return await rail.start(instruction, payee)
 
@@ -76,6 +75,7 @@ class Disbursements:
                 elif payment.attempts < instruction.attempt and payment.status == "failed":
                     payment.status = "pending"
                     payment.attempts = instruction.attempt
+                    payment.idempotency_key = instruction.idempotency_key
                     payment.rail = instruction.rail
                     payment.failure_reason = None
                     payment.updated_at = now

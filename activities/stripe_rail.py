@@ -17,14 +17,11 @@ from temporalio.exceptions import ApplicationError
 from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
 from haven.settings import Settings
 
-# Retrying these cannot succeed: the payment fails and finance decides what to do.
-PERMANENT = (
-    stripe.InvalidRequestError,
-    stripe.IdempotencyError,
-    stripe.PermissionError,
-    stripe.AuthenticationError,
-    stripe.CardError,
-)
+# Stripe refused the transfer itself (no such account, insufficient balance, an invalid request):
+# nothing was paid and retrying cannot help, so the payment fails and finance decides. Everything
+# else is retried: network errors, 5xx and 429, but also a rejected key (a configuration fault
+# the operators fix) and an idempotency conflict, which does not prove that nothing was paid.
+PERMANENT = (stripe.InvalidRequestError, stripe.CardError)
 
 
 def stripe_client(settings: Settings) -> stripe.StripeClient:

@@ -110,14 +110,18 @@ class PaymentInstruction(Strict):
     request_id: str
     tranche: int
     attempt: int
+    refusals: int = 0  # definite refusals of this tranche so far (nothing was paid)
     rail: PaymentRail
     amount: Money
     amount_base_minor: int
 
     @property
     def idempotency_key(self) -> str:
-        # From the request and tranche only, never the attempt: no retry can pay twice.
-        return f"{self.request_id}:tranche:{self.tranche}"
+        # From the request and tranche only, never the attempt: no retry can pay twice. After a
+        # definite refusal (nothing was paid) the next try needs a fresh key, or the payment
+        # service would replay its stored refusal even once finance has fixed the cause.
+        key = f"{self.request_id}:tranche:{self.tranche}"
+        return f"{key}:after-refusal-{self.refusals}" if self.refusals else key
 
 
 # The error type a rail raises (non-retryable) when it refuses a payment for good.

@@ -52,12 +52,12 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
         {S.INFORMATION_REQUESTED, S.APPROVED, S.REJECTED, S.WITHDRAWN, S.EXPIRED}
     ),
     S.INFORMATION_REQUESTED: frozenset({S.AWAITING_DECISION, S.REJECTED, S.WITHDRAWN, S.EXPIRED}),
-    # A rail may refuse a payment outright (no such account…) before it is ever pending.
-    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAYMENT_FAILED}),
+    # A rail may pay at once (a Stripe transfer) or refuse outright, without ever being pending.
+    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED}),
     S.PAYMENT_PENDING: frozenset({S.PAID, S.PAYMENT_FAILED, S.WITHDRAWN}),
-    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP}),
+    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.PAID, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP}),
     S.PAID: frozenset({S.FOLLOW_UP}),
-    S.FOLLOW_UP: frozenset({S.PAYMENT_PENDING, S.PAYMENT_FAILED, S.CLOSED}),
+    S.FOLLOW_UP: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.CLOSED}),
     S.CLOSED: frozenset(),
     S.REJECTED: frozenset(),
     S.WITHDRAWN: frozenset(),

@@ -6,6 +6,7 @@ against the local Stripe-compatible server."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -23,15 +24,21 @@ STRIPE_PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "str
 
 
 class ScriptedRail:
-    """Answers each call with the next step of its script: "ok", "refuse" or "fail" (transient)."""
+    """Answers each call with the next step of its script: "ok", "refuse", "fail" (transient) or
+    "hold" (answers ok once `release` is set, so a test can act while money is moving)."""
 
     def __init__(self, *script: str):
         self.script = list(script)
         self.calls: list[str] = []
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
 
     async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted:
         self.calls.append(instruction.idempotency_key)
         step = self.script.pop(0) if self.script else "ok"
+        if step == "hold":
+            self.holding.set()
+            await self.release.wait()
         if step == "refuse":
             raise ApplicationError("the rail refused the transfer (balance_insufficient)", type=PAYMENT_REFUSED, non_retryable=True)
         if step == "fail":
@@ -62,7 +69,8 @@ async def test_a_completed_transfer_pays_the_tranche_without_anyone_confirming(r
         (payment,) = await harness.payments(handle.id)
         assert (payment.status, payment.reference, payment.rail) == ("paid", "tr_1", "stripe")
         actions = [e.action for e in await harness.audit(handle.id)]
-        assert actions.index("payment_started") < actions.index("payment_completed")
+        # Straight from approved to paid: never "pending", when a withdrawal could slip in.
+        assert "payment_completed" in actions and "payment_started" not in actions
         assert "payment_due" not in [n.kind for n in await harness.notifications(handle.id)]
     assert rail.calls == [f"{handle.id}:tranche:1"]
 
@@ -86,8 +94,9 @@ async def test_a_refusal_releases_the_budget_and_a_retry_can_pay(run):
         await harness.until(handle, Status.FOLLOW_UP)
         (payment,) = await harness.payments(handle.id)
         assert (payment.status, payment.attempts, payment.reference) == ("paid", 2, "tr_2")
-    # Both attempts used the same key: had the first been made, the second would return it.
-    assert rail.calls == [f"{handle.id}:tranche:1"] * 2
+    # A definite refusal paid nothing, so the retry uses a fresh key (the payment service would
+    # otherwise replay its stored refusal).
+    assert rail.calls == [f"{handle.id}:tranche:1", f"{handle.id}:tranche:1:after-refusal-1"]
 
 
 async def test_transient_errors_are_retried_until_the_rail_answers(run):
@@ -100,3 +109,30 @@ async def test_transient_errors_are_retried_until_the_rail_answers(run):
         await harness.until(handle, Status.FOLLOW_UP)
         assert [e.action for e in await harness.audit(handle.id)].count("payment_refused") == 0
     assert rail.calls == [f"{handle.id}:tranche:1"] * 3
+
+
+async def test_nobody_can_withdraw_while_a_retried_payment_is_moving(run):
+    rail = ScriptedRail("refuse", "hold")
+    harness, worker = await run(rail)
+    async with worker:
+        handle = await harness.submit(payee=STRIPE_PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.PAYMENT_FAILED)
+        await harness.retry(handle)
+        await asyncio.wait_for(rail.holding.wait(), 10)  # the transfer call is in flight
+        from workflows import GrantRequestWorkflow
+
+        refusal = await harness.refused(handle, GrantRequestWorkflow.withdraw, _withdrawal())
+        assert "retrying the payment" in refusal
+        rail.release.set()
+        await harness.until(handle, Status.FOLLOW_UP)
+        (payment,) = await harness.payments(handle.id)
+        assert payment.status == "paid"
+
+
+def _withdrawal():
+    from haven.grant_request import Withdrawal
+    from tests.harness import intermediary
+
+    return Withdrawal(actor=intermediary(), reason="the defender left the country")

@@ -98,6 +98,7 @@ class GrantRequestWorkflow:
         self._reservation_number = 0
         self._reserved_base = 0
         self._payment_attempts: dict[int, int] = {}
+        self._payment_refusals: dict[int, int] = {}  # per tranche: each refusal moves to a fresh key
         self._retry_requested = False
         self._check_in_open: int | None = None
         self._check_in: CheckInRecord | None = None
@@ -240,31 +241,38 @@ class GrantRequestWorkflow:
                 request_id=self._start.request_id,
                 tranche=tranche.number,
                 attempt=attempt,
+                refusals=self._payment_refusals.get(tranche.number, 0),
                 rail=self._start.rail,
                 amount=tranche.amount,
                 amount_base_minor=rules.to_base(self._policy, tranche.amount),
             )
             self._state.current_tranche = tranche.number
-            self._retry_requested = False
+            # `_retry_requested` stays set while the rail runs: it is what refuses a withdrawal
+            # (or a manual record) while money may be moving.
             try:
                 started: DisbursementStarted = await self._remote_activity(Disbursements.start_disbursement, instruction)
             except ActivityError as error:
                 reason = _refusal(error)
                 if reason is None:
                     raise
+                self._retry_requested = False
+                self._payment_refusals[tranche.number] = instruction.refusals + 1
                 await self._payment_refused(tranche, attempt, reason)
             else:
-                tranche.status = "payment_pending"
-                await self._record(
-                    "payment_started",
-                    to=Status.PAYMENT_PENDING,
-                    facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
-                    projection=RequestProjection(current_tranche=tranche.number),
-                    notify=_notify("payment_due", "finance") if started.outcome != "completed" else [],
-                )
+                self._retry_requested = False
                 if started.outcome == "completed":
-                    await self._payment_completed(tranche, started.reference or "")
-                await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
+                    # Straight to paid, in this workflow task: no action can slip in between.
+                    await self._payment_completed(tranche, attempt, started.reference or "")
+                else:
+                    tranche.status = "payment_pending"
+                    await self._record(
+                        "payment_started",
+                        to=Status.PAYMENT_PENDING,
+                        facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
+                        projection=RequestProjection(current_tranche=tranche.number),
+                        notify=_notify("payment_due", "finance"),
+                    )
+                    await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
             if self._state.status == Status.PAID:
                 return True
             await self._release(reason=str(self._state.status))
@@ -288,7 +296,7 @@ class GrantRequestWorkflow:
             if self._state.status != Status.PAYMENT_FAILED:
                 return False
 
-    async def _payment_completed(self, tranche: Tranche, reference: str) -> None:
+    async def _payment_completed(self, tranche: Tranche, attempt: int, reference: str) -> None:
         """The rail paid (a Stripe transfer exists): no one has to confirm it."""
         tranche.status = "paid"
         tranche.reference = reference
@@ -297,8 +305,9 @@ class GrantRequestWorkflow:
         await self._record(
             "payment_completed",
             to=Status.PAID,
-            facts={"tranche": tranche.number, "rail": self._start.rail, "reference": reference},
+            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail, "reference": reference},
             payment=PaymentUpdate(tranche=tranche.number, status="paid", reference=reference, paid_on=tranche.paid_on),
+            projection=RequestProjection(current_tranche=tranche.number),
             notify=_notify("payment_made", self._org),
         )
 
