@@ -7,7 +7,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from haven.lifecycle import Action, Status
 from haven.money import Money, PositiveMoney
@@ -57,28 +57,26 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
-def _no_control_characters(value: str) -> str:
+def _tidy_text(value: str) -> str:
     # Text in any script is welcome; control characters (NUL above all, which PostgreSQL cannot
-    # store) never belong in a case and are refused rather than silently stripped.
+    # store) never belong in a case and are refused rather than silently stripped. The length is
+    # checked on what was sent (as the API's schema says); surrounding blanks are then dropped.
     if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in value):
         raise ValueError("must not contain control characters")
+    value = value.strip()
+    if not value:
+        raise ValueError("must not be blank")
     return value
 
 
 def _text(max_length: int) -> Any:
-    return Annotated[
-        str,
-        StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length),
-        AfterValidator(_no_control_characters),
-    ]
+    return Annotated[str, StringConstraints(min_length=1, max_length=max_length), AfterValidator(_tidy_text)]
 
 
 ShortText = _text(200)
 LongText = _text(4000)
 CountryCode = Annotated[str, StringConstraints(pattern=r"^[A-Z]{2}$")]
-Reference = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(_no_control_characters)
-]
+Reference = _text(100)
 
 
 class Strict(BaseModel):
@@ -262,7 +260,7 @@ class PaymentRetry(Acting):
 
 
 class CheckInInput(Strict):
-    still_needed: bool
+    still_needed: StrictBool
     note: LongText | None = None
 
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import ConfigDict, EmailStr, Field, StringConstraints, field_validator
+from pydantic import ConfigDict, EmailStr, Field, StrictBool, StringConstraints, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -73,7 +73,7 @@ class OrganisationInput(Strict):
 
     name: ShortText
     trust_level: TrustLevel
-    active: bool = True
+    active: StrictBool = True
     notification_email: EmailStr | None = Field(default=None, max_length=320)
     webhook_url: Annotated[str, StringConstraints(max_length=2000)] | None = None
 

@@ -4,7 +4,7 @@ sign in through the identity provider; the roster links their subject to a name 
 from __future__ import annotations
 
 
-from pydantic import ConfigDict, EmailStr, Field, field_validator
+from pydantic import ConfigDict, EmailStr, Field, StrictBool, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -27,7 +27,7 @@ class StaffMemberInput(Strict):
     name: ShortText
     email: EmailStr = Field(max_length=320)
     roles: list[Role] = Field(min_length=1, max_length=4)
-    active: bool = True
+    active: StrictBool = True
 
     @field_validator("roles")
     @classmethod

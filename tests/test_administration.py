@@ -72,8 +72,11 @@ async def test_bad_organisation_input_names_the_field_and_changes_nothing(api: A
         ({**PARTNER, "notification_email": "not-an-address"}, "notification_email"),
         ({**PARTNER, "trust_level": "total"}, "trust_level"),
         ({**PARTNER, "name": ""}, "name"),
+        ({**PARTNER, "name": "   "}, "name"),
+        ({**PARTNER, "name": "    " + "x" * 200}, "name"),  # over the limit as sent (found by schemathesis)
         ({**PARTNER, "name": "a\x00b"}, "name"),
         ({**PARTNER, "active": "yes please"}, "active"),
+        ({**PARTNER, "active": 0}, "active"),  # a number is not a yes or no (found by schemathesis)
         ({**PARTNER, "is_admin": True}, "is_admin"),
     ]
     for body, field in cases:
