@@ -1,7 +1,9 @@
 """The Stripe rail: one Connect Transfer per tranche to the payee's connected account.
 
 The idempotency key comes from the request and tranche only, so however often Temporal retries
-the activity (a crash, a timeout, a lost response), Stripe returns the transfer it made first.
+the activity (a crash, a timeout, a lost response), Stripe returns the transfer it made first;
+and before any transfer is made, the tranche's earlier transfer is looked for, in case the key
+has expired meanwhile.
 Transient failures (network, 5xx, 429) are raised as they are and retried by Temporal with
 back-off; Stripe's own client never retries, so there is one retry policy, not two. Permanent
 refusals (no such account, insufficient platform balance, an invalid request) fail the payment
@@ -57,6 +59,9 @@ class StripeRail:
             "metadata": {"request_id": instruction.request_id, "tranche": str(instruction.tranche)},
         }
         try:
+            made_before = await self._transfer_made_before(instruction)
+            if made_before is not None:
+                return DisbursementStarted(outcome="completed", reference=made_before)
             transfer = await self.client.v1.transfers.create_async(
                 params, {"idempotency_key": instruction.idempotency_key}
             )
@@ -64,3 +69,12 @@ class StripeRail:
             code = getattr(error, "code", None) or type(error).__name__
             raise refused(f"Stripe refused the transfer ({code})") from None
         return DisbursementStarted(outcome="completed", reference=transfer.id)
+
+    async def _transfer_made_before(self, instruction: PaymentInstruction) -> str | None:
+        """Idempotency keys expire (Stripe keeps them for a day): before making a transfer, look
+        for one already made for this tranche, so a late retry can never pay twice."""
+        made = await self.client.v1.transfers.list_async({"transfer_group": instruction.request_id, "limit": 100})
+        for transfer in made.data:
+            if (transfer.metadata.to_dict() if transfer.metadata else {}).get("tranche") == str(instruction.tranche):
+                return transfer.id
+        return None

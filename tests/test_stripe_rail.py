@@ -52,6 +52,16 @@ async def test_a_transfer_carries_ids_only_and_a_retry_returns_it(local_stripe, 
     assert transfer["metadata"] == {"request_id": "gr_rail1", "tranche": "1"}
 
 
+async def test_a_retry_after_the_key_expired_finds_the_transfer_made_before(local_stripe, tmp_path):
+    rail = _rail(local_stripe, tmp_path)
+    first = await rail.start(_instruction(), PAYEE)
+    # Another key, as after Stripe forgot the first one: still the same transfer, not a second.
+    later = await rail.start(_instruction().model_copy(update={"refusals": 3}), PAYEE)
+    assert later.reference == first.reference and local_stripe.control.transfer_count() == 1
+    other_tranche = await rail.start(_instruction(tranche=2), PAYEE)
+    assert other_tranche.reference != first.reference and local_stripe.control.transfer_count() == 2
+
+
 @pytest.mark.parametrize("fault", ["error-500", "error-429", "drop_after_commit", "delay"])
 async def test_however_the_call_fails_there_is_exactly_one_transfer(local_stripe, tmp_path, fault):
     rail = _rail(local_stripe, tmp_path)
