@@ -11,10 +11,9 @@ from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, EmailStr, Field, StrictBool, StringConstraints, field_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from haven.audit import record_change
-from haven.db import Database, utcnow
+from haven.db import Database, upsert_once_more_on_conflict, utcnow
 from haven.db.models import Organisation
 from haven.grant_request import Actor, ShortText, Strict, TrustLevel
 
@@ -109,11 +108,7 @@ async def list_organisations(db: Database) -> list[Organisation]:
 
 
 async def save_organisation(db: Database, actor: Actor, organisation_id: str, data: OrganisationInput) -> Saved:
-    try:
-        return await _save_organisation(db, actor, organisation_id, data)
-    except IntegrityError:
-        # Registered at the same moment by another call: now it exists, so this is an update.
-        return await _save_organisation(db, actor, organisation_id, data)
+    return await upsert_once_more_on_conflict(lambda: _save_organisation(db, actor, organisation_id, data))
 
 
 async def _save_organisation(db: Database, actor: Actor, organisation_id: str, data: OrganisationInput) -> Saved:

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pydantic import ConfigDict, EmailStr, Field, StrictBool, field_validator
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from haven.audit import record_change
-from haven.db import Database, utcnow
+from haven.db import Database, upsert_once_more_on_conflict, utcnow
 from haven.db.models import StaffMember
 from haven.grant_request import Actor, Role, ShortText, Strict
 
@@ -44,11 +43,7 @@ async def list_staff(db: Database) -> list[StaffMember]:
 
 
 async def save_staff_member(db: Database, actor: Actor, subject: str, data: StaffMemberInput) -> tuple[StaffMember, bool]:
-    try:
-        return await _save_staff_member(db, actor, subject, data)
-    except IntegrityError:
-        # Added at the same moment by another call: now it exists, so this is an update.
-        return await _save_staff_member(db, actor, subject, data)
+    return await upsert_once_more_on_conflict(lambda: _save_staff_member(db, actor, subject, data))
 
 
 async def _save_staff_member(db: Database, actor: Actor, subject: str, data: StaffMemberInput) -> tuple[StaffMember, bool]:

@@ -51,10 +51,7 @@ class Api:
             await asyncio.sleep(0.02)
 
     async def counts(self) -> tuple[int, int]:
-        async with self.db.sessions() as session:
-            requests = await session.scalar(select(func.count()).select_from(GrantRequestRecord))
-            events = await session.scalar(select(func.count()).select_from(AuditEvent))
-            return requests, events
+        return await stored_counts(self.db)
 
 
 @pytest.fixture
@@ -65,6 +62,14 @@ async def api(time_skipping_env, sqlite_db, tmp_path):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://haven.test") as http:
             yield Api(http, app, settings, app.state.services.verifier, sqlite_db)
+
+
+async def stored_counts(db) -> tuple[int, int]:
+    """Grant requests and audit events stored: what a refused call must leave unchanged."""
+    async with db.sessions() as session:
+        requests = await session.scalar(select(func.count()).select_from(GrantRequestRecord))
+        events = await session.scalar(select(func.count()).select_from(AuditEvent))
+        return requests, events
 
 
 def assert_problem(response: httpx.Response, status: int, kind: str) -> dict:

@@ -22,14 +22,13 @@ import structlog
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jose import jwt
-from sqlalchemy import func, select
 
 from api.app import create_app
 from api.auth import DEV_MODE_BANNER, TokenVerifier
 from api.jwks import ConfigurationError, signing_keys
 from api.problems import Problem
-from haven.db.models import AuditEvent, GrantRequestRecord
 from haven.grant_request import Role
+from tests.api_harness import stored_counts
 from tests.conftest import make_settings
 from tests.harness import SAMPLE_REQUEST
 
@@ -179,10 +178,7 @@ class Api:
         return await self.http.post("/v1/grant-requests", json=SAMPLE_REQUEST, headers=headers)
 
     async def counts(self) -> tuple[int, int]:
-        async with self.db.sessions() as session:
-            requests = await session.scalar(select(func.count()).select_from(GrantRequestRecord))
-            events = await session.scalar(select(func.count()).select_from(AuditEvent))
-            return requests, events
+        return await stored_counts(self.db)
 
 
 @pytest.fixture

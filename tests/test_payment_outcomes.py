@@ -13,12 +13,13 @@ import pytest
 from temporalio.exceptions import ApplicationError
 
 from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
-from haven.grant_request import PaymentRail
+from haven.grant_request import PaymentRail, Withdrawal
 from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.worker import build_worker
 from tests.conftest import make_settings
-from tests.harness import Harness, caseworker
+from tests.harness import Harness, caseworker, intermediary
+from workflows import GrantRequestWorkflow
 
 STRIPE_PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_1DSP"}
 
@@ -62,9 +63,7 @@ async def test_a_completed_transfer_pays_the_tranche_without_anyone_confirming(r
     rail = ScriptedRail("ok")
     harness, worker = await run(rail)
     async with worker:
-        handle = await harness.submit(payee=STRIPE_PAYEE)
-        await harness.until(handle, Status.AWAITING_DECISION)
-        await harness.approve(handle, caseworker(1), 150_000)
+        handle = await _approved(harness)
         await harness.until(handle, Status.FOLLOW_UP)
         (payment,) = await harness.payments(handle.id)
         assert (payment.status, payment.reference, payment.rail) == ("paid", "tr_1", "stripe")
@@ -79,9 +78,7 @@ async def test_a_refusal_releases_the_budget_and_a_retry_can_pay(run):
     rail = ScriptedRail("refuse", "ok")
     harness, worker = await run(rail)
     async with worker:
-        handle = await harness.submit(payee=STRIPE_PAYEE)
-        await harness.until(handle, Status.AWAITING_DECISION)
-        await harness.approve(handle, caseworker(1), 150_000)
+        handle = await _approved(harness)
         await harness.until(handle, Status.PAYMENT_FAILED)
         (payment,) = await harness.payments(handle.id)
         assert payment.status == "failed" and "balance_insufficient" in payment.failure_reason
@@ -103,9 +100,7 @@ async def test_transient_errors_are_retried_until_the_rail_answers(run):
     rail = ScriptedRail("fail", "fail", "ok")
     harness, worker = await run(rail)
     async with worker:
-        handle = await harness.submit(payee=STRIPE_PAYEE)
-        await harness.until(handle, Status.AWAITING_DECISION)
-        await harness.approve(handle, caseworker(1), 150_000)
+        handle = await _approved(harness)
         await harness.until(handle, Status.FOLLOW_UP)
         assert [e.action for e in await harness.audit(handle.id)].count("payment_refused") == 0
     assert rail.calls == [f"{handle.id}:tranche:1"] * 3
@@ -115,14 +110,10 @@ async def test_nobody_can_withdraw_while_a_retried_payment_is_moving(run):
     rail = ScriptedRail("refuse", "hold")
     harness, worker = await run(rail)
     async with worker:
-        handle = await harness.submit(payee=STRIPE_PAYEE)
-        await harness.until(handle, Status.AWAITING_DECISION)
-        await harness.approve(handle, caseworker(1), 150_000)
+        handle = await _approved(harness)
         await harness.until(handle, Status.PAYMENT_FAILED)
         await harness.retry(handle)
         await asyncio.wait_for(rail.holding.wait(), 10)  # the transfer call is in flight
-        from workflows import GrantRequestWorkflow
-
         refusal = await harness.refused(handle, GrantRequestWorkflow.withdraw, _withdrawal())
         assert "retrying the payment" in refusal
         rail.release.set()
@@ -131,8 +122,13 @@ async def test_nobody_can_withdraw_while_a_retried_payment_is_moving(run):
         assert payment.status == "paid"
 
 
-def _withdrawal():
-    from haven.grant_request import Withdrawal
-    from tests.harness import intermediary
+async def _approved(harness: Harness):
+    """A request paid through the scripted rail, approved by one caseworker."""
+    handle = await harness.submit(payee=STRIPE_PAYEE)
+    await harness.until(handle, Status.AWAITING_DECISION)
+    await harness.approve(handle, caseworker(1), 150_000)
+    return handle
 
+
+def _withdrawal() -> Withdrawal:
     return Withdrawal(actor=intermediary(), reason="the defender left the country")

@@ -1,12 +1,25 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+T = TypeVar("T")
+
+
+async def upsert_once_more_on_conflict(write: Callable[[], Awaitable[T]]) -> T:
+    """Runs a get-or-create write; if another call created the same row at the same moment (a
+    unique violation), runs it once more, when it finds that row and updates it."""
+    try:
+        return await write()
+    except IntegrityError:
+        return await write()
 
 
 def utcnow() -> datetime:
