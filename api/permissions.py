@@ -27,7 +27,7 @@ class Operation(StrEnum):
     PROVIDE_INFORMATION = "answer an information request"
     RECORD_PAYMENT = "record a manual payment"
     RECORD_PAYMENT_FAILURE = "record a failed payment"
-    RETRY_PAYMENT = "retry a failed payment"
+    RETRY_PAYMENT = "retry a failed payment, on the same rail or another"
     CHECK_IN = "check in for a housing tranche"
     SUBMIT_REPORT = "submit the follow-up report"
     ACCEPT_REPORT = "accept the follow-up report"
@@ -38,6 +38,8 @@ class Operation(StrEnum):
     LIST_ORGANISATIONS = "list organisations"
     MANAGE_ORGANISATIONS = "register, suspend or change an organisation"
     ROTATE_WEBHOOK_SECRET = "rotate an organisation's webhook secret"
+    RECONCILE = "reconcile a day's Stripe transfers with the ledger"
+    READ_RECONCILIATION = "read reconciliation reports"
 
 
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
@@ -60,6 +62,8 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.LIST_ORGANISATIONS: frozenset({R.ADMIN}),
     Operation.MANAGE_ORGANISATIONS: frozenset({R.ADMIN}),
     Operation.ROTATE_WEBHOOK_SECRET: frozenset({R.ADMIN}),
+    Operation.RECONCILE: frozenset({R.FINANCE}),
+    Operation.READ_RECONCILIATION: frozenset({R.FINANCE, R.DIRECTOR}),
 }
 
 # Intermediaries see and act on their own organisation's requests only.

@@ -220,6 +220,11 @@ class Payment(Base):
     paid_on: Mapped[date | None] = mapped_column(Date)
     failure_reason: Mapped[str | None] = mapped_column(Text)
     recorded_by: Mapped[str | None] = mapped_column(String(200))
+    # Money that came back after the payment (a Stripe transfer reversal). Kept apart from
+    # `status`, which the lifecycle owns, so a reversal that arrives before the payment is
+    # recorded as paid is not overwritten by it.
+    reversed_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    reversed_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
 
@@ -293,3 +298,56 @@ class NotificationDelivery(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     delivered_at: Mapped[datetime | None]
     created_at: Mapped[datetime]
+
+
+class StripeEvent(Base):
+    """Each Stripe webhook event applied, once: its id is the key. Only ids and amounts are kept."""
+
+    __tablename__ = "stripe_events"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(64))
+    object_id: Mapped[str | None] = mapped_column(String(255), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    tranche: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime]  # when Stripe created it
+    applied_at: Mapped[datetime]
+
+
+class ReconciliationRun(Base):
+    """One comparison of a day's Stripe transfers with the payments ledger."""
+
+    __tablename__ = "reconciliation_runs"
+    __table_args__ = (Index("ix_reconciliation_runs_day", "day", "started_at"),)
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    day: Mapped[date] = mapped_column(Date)
+    trigger: Mapped[str] = mapped_column(String(16))  # schedule | finance
+    requested_by: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16))  # running | done
+    transfers_seen: Mapped[int] = mapped_column(Integer, default=0)
+    payments_seen: Mapped[int] = mapped_column(Integer, default=0)
+    mismatches: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class ReconciliationFinding(Base):
+    """A mismatch between Stripe and the ledger. `subject` is the transfer id, or
+    `<request id>:<tranche>` for a ledger payment with no transfer; unique per run and kind."""
+
+    __tablename__ = "reconciliation_findings"
+    __table_args__ = (UniqueConstraint("run_id", "kind", "subject", name="uq_reconciliation_findings_subject"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("reconciliation_runs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))  # missing_from_ledger | missing_from_stripe | amount_differs | status_differs
+    subject: Mapped[str] = mapped_column(String(300))
+    transfer_id: Mapped[str | None] = mapped_column(String(255))
+    request_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    tranche: Mapped[int | None] = mapped_column(Integer)
+    ledger_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    stripe_amount_minor: Mapped[int | None] = mapped_column(BigInteger)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    detail: Mapped[str] = mapped_column(Text)
+    found_at: Mapped[datetime]
