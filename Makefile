@@ -1,10 +1,12 @@
 # Two commands on a fresh machine with only Python (3.11+) and make:
-#   make run    the whole system on the embedded default (Temporal dev server + SQLite)
+#   make run    the whole system on the embedded default (Temporal dev server + SQLite + local Stripe)
 #   make test   the test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# make run starts the local Stripe server too; `make run HAVEN_LOCAL_STRIPE=false` leaves it out.
+HAVEN_LOCAL_STRIPE ?= true
 
 .PHONY: run test install clean-var bench
 
@@ -18,13 +20,14 @@ $(INSTALLED): pyproject.toml
 install: $(INSTALLED)
 
 run: $(INSTALLED)
-	HAVEN_DEV_MODE=true $(BIN)/haven run
+	HAVEN_DEV_MODE=true HAVEN_LOCAL_STRIPE=$(HAVEN_LOCAL_STRIPE) $(BIN)/haven run
 
 test: $(INSTALLED)
 	$(BIN)/pytest
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.intake_latency
+	$(BIN)/python -m bench.payment_latency
 
 clean-var:
 	rm -rf var

@@ -7,9 +7,11 @@ from typing import Any
 
 from activities.budget import BudgetReservations
 from activities.payments import Disbursements, ManualRail, Rail
+from activities.reconciliation import StripeReconciliation
 from activities.records import CaseRecords
 from activities.risk import RiskAssessor
 from activities.screening import PayeeScreening
+from activities.stripe_events import StripeEvents
 from activities.stripe_rail import StripeRail, stripe_client
 from haven.db import Database
 from haven.grant_request import PaymentRail
@@ -32,6 +34,10 @@ def build_activities(
     risk = RiskAssessor(db)
     budget = BudgetReservations(db)
     payments = Disbursements(db, payment_rails or rails(settings))
+    stripe_events = StripeEvents(db, settings.public_base_url)
+    # Always registered: on a worker without the Stripe rail a run fails and says why.
+    stripe = stripe_client(settings) if PaymentRail.STRIPE in settings.payment_rails else None
+    reconciliation = StripeReconciliation(db, stripe, settings.public_base_url)
     return [
         records.load_pinned_policy,
         records.record_event,
@@ -40,4 +46,8 @@ def build_activities(
         budget.reserve_budget,
         budget.release_budget,
         payments.start_disbursement,
+        stripe_events.apply_transfer_notice,
+        reconciliation.open_reconciliation_run,
+        reconciliation.reconcile_stripe_day,
+        reconciliation.fail_reconciliation_run,
     ]

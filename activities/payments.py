@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from sqlalchemy import select
@@ -28,10 +30,31 @@ class ManualRail:
         return DisbursementStarted(outcome="awaiting_confirmation")
 
 
+# While a rail call is out the activity heartbeats, so a worker that dies mid-payment is noticed in
+# seconds (the workflow's heartbeat timeout) rather than at the end of the call's whole timeout.
+HEARTBEAT_EVERY_SECONDS = 1.0
+
+
+async def _heartbeating(call: Awaitable[DisbursementStarted]) -> DisbursementStarted:
+    task = asyncio.ensure_future(call)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=HEARTBEAT_EVERY_SECONDS)
+            if done:
+                return task.result()
+            activity.heartbeat()
+    finally:
+        # Cancelled (the workflow learnt the outcome from a webhook): a call left in flight is
+        # harmless, the rail being idempotent, but nothing should outlive the activity.
+        task.cancel()
+
+
 class Disbursements:
     def __init__(self, db: Database, rails: dict[PaymentRail, Rail] | None = None):
         self.db = db
-        self.rails: dict[PaymentRail, Rail] = rails or {PaymentRail.MANUAL: ManualRail()}
+        # Manual payment needs nothing configured, so every worker can take it (finance may switch
+        # a failed payment to it).
+        self.rails: dict[PaymentRail, Rail] = {PaymentRail.MANUAL: ManualRail(), **(rails or {})}
 
     @activity.defn
     async def start_disbursement(self, instruction: PaymentInstruction) -> DisbursementStarted:
@@ -41,7 +64,7 @@ class Disbursements:
             # or this one once fixed, can pay it. Retried, never a refusal.
             raise RuntimeError(f"the {instruction.rail} rail is not configured on this worker")
         payee = await self._open_payment(instruction)
-        return await rail.start(instruction, payee)
+        return await _heartbeating(rail.start(instruction, payee))
 
     async def _open_payment(self, instruction: PaymentInstruction) -> dict[str, Any]:
         """One payment row per tranche; a retry after a failure reopens it as a new attempt."""

@@ -8,13 +8,13 @@ from temporalio import activity
 
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
+from haven.notifications.outbox import outbox_entry
 from haven.db.models import (
     AuditEvent,
     CaseMessage,
     Decision,
     FollowUpReportRecord,
     GrantRequestRecord,
-    Notification,
     Payment,
     PolicyRecord,
 )
@@ -108,19 +108,13 @@ class CaseRecords:
             )
         for note in event.notifications:
             session.add(
-                Notification(
-                    dedupe_key=f"{event.request_id}:{event.seq}:{note.kind}:{note.audience}",
-                    request_id=event.request_id,
+                outbox_entry(
+                    f"{event.request_id}:{event.seq}:{note.kind}:{note.audience}",
                     kind=note.kind,
                     audience=note.audience,
-                    payload={
-                        "request_id": event.request_id,
-                        "kind": note.kind,
-                        "status": str(event.status_to),
-                        "link": f"{self.public_base_url}/v1/grant-requests/{event.request_id}",
-                    },
-                    created_at=now,
-                    dispatched_at=None,
+                    request_id=event.request_id,
+                    status=str(event.status_to),
+                    link=f"{self.public_base_url}/v1/grant-requests/{event.request_id}",
                 )
             )
 

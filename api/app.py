@@ -15,12 +15,12 @@ from haven.temporal import connect
 from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
-from api.routes import grant_requests, health, organisations, staff
+from api.routes import grant_requests, health, organisations, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
 
 
-ROUTERS = [health.router, grant_requests.router, organisations.router, staff.router]
+ROUTERS = [health.router, grant_requests.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router]
 
 
 def routes():

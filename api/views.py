@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from haven.db.models import GrantRequestRecord
 from haven.db.queries import CaseFile
@@ -57,6 +57,8 @@ class PaymentView(BaseModel):
     attempts: int
     reference: str | None
     paid_on: date | None
+    reversed_minor: int = Field(description="What came back after payment (a Stripe transfer reversal), in minor units.")
+    reversed_at: datetime | None
     idempotency_key: str
 
 
@@ -162,6 +164,8 @@ def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
                 attempts=p.attempts,
                 reference=p.reference,
                 paid_on=p.paid_on,
+                reversed_minor=p.reversed_minor,
+                reversed_at=p.reversed_at,
                 idempotency_key=p.idempotency_key,
             )
             for p in case.payments

@@ -25,6 +25,7 @@ class RequestProjection(Strict):
     current_tranche: int | None = None
     report_due_at: datetime | None = None
     follow_up_overdue: bool | None = None
+    rail: str | None = None
 
 
 class DecisionEntry(Strict):
@@ -110,22 +111,39 @@ class PaymentInstruction(Strict):
     request_id: str
     tranche: int
     attempt: int
-    refusals: int = 0  # definite refusals of this tranche so far (nothing was paid)
+    # Attempts of this tranche that ended for good: refused (nothing paid) or left unanswered
+    # past the policy's patience (the rail looks for the tranche's transfer before paying).
+    ended_attempts: int = 0
     rail: PaymentRail
     amount: Money
     amount_base_minor: int
 
     @property
     def idempotency_key(self) -> str:
-        # From the request and tranche only, never the attempt: no retry can pay twice. After a
-        # definite refusal (nothing was paid) the next try needs a fresh key, or the payment
-        # service would replay its stored refusal even once finance has fixed the cause.
+        # From the request and tranche only, never the attempt: no retry can pay twice. After an
+        # attempt ended for good the next one needs a fresh key, or the payment service would
+        # replay its stored answer (Stripe keeps refusals and 500s for a day) even once finance
+        # has fixed the cause; the rail first looks for a transfer the ended attempt made.
         key = f"{self.request_id}:tranche:{self.tranche}"
-        return f"{key}:after-refusal-{self.refusals}" if self.refusals else key
+        return f"{key}:after-{self.ended_attempts}" if self.ended_attempts else key
 
 
 # The error type a rail raises (non-retryable) when it refuses a payment for good.
 PAYMENT_REFUSED = "PaymentRefused"
+
+
+class TransferNotice(Strict):
+    """What a verified Stripe webhook event says about one of our transfers: ids and amounts only.
+    The event workflow applies it to the ledger and passes it on to the request's workflow."""
+
+    event_id: str
+    event_type: str
+    created: datetime
+    transfer_id: str
+    request_id: str | None = None
+    tranche: int | None = None
+    amount: Money
+    amount_reversed_minor: int = 0
 
 
 class DisbursementStarted(Strict):

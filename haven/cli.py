@@ -24,6 +24,10 @@ class Unavailable(Exception):
     """A service this part needs cannot be reached."""
 
 
+class Misconfigured(Exception):
+    """Settings that must not be combined."""
+
+
 def _parse_duration(text: str) -> timedelta:
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     if not text or text[-1] not in units or not text[:-1].isdigit():
@@ -34,7 +38,8 @@ def _parse_duration(text: str) -> timedelta:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="haven", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="everything on one machine: Temporal dev server, worker and API")
+    commands.add_parser("run", help="everything on one machine: Temporal dev server, worker and API "
+                        "(and the local Stripe server with HAVEN_LOCAL_STRIPE=true)")
     commands.add_parser("api", help="the HTTP API only")
     commands.add_parser("worker", help="the Temporal worker only")
     commands.add_parser("migrate", help="bring the app database to the newest schema")
@@ -70,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
     from haven.keys import MissingSecret
 
     try:
+        if args.command in ("api", "worker") and (problem := settings.local_stripe_problem(args.command)):
+            raise Misconfigured(problem)
         if args.command == "api":
             from api.auth import TokenVerifier
 
             TokenVerifier(settings)  # a wrong identity setup is reported before anything starts
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(runners[args.command](settings)) or 0
-    except (ConfigurationError, MissingSecret, Unavailable) as error:
+    except (ConfigurationError, MissingSecret, Unavailable, Misconfigured) as error:
         print(f"haven: {error}", file=sys.stderr)
         return 2
     return 0
@@ -153,11 +160,13 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
     from haven.intake import Intake, start_unstarted
     from haven.keys import pseudonym_index_key
     from haven.notifications import NotificationDispatcher
+    from haven.schedules import ensure_schedules
     from haven.worker import build_worker
     from policies import load_policy
 
     intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings), settings.payment_rails)
     worker = build_worker(client, db, settings)
+    await ensure_schedules(client, settings)  # the daily reconciliation, when Stripe is configured
     # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.
     notifications = NotificationDispatcher(db, settings)
 
@@ -232,20 +241,64 @@ async def _run_all(settings: Settings) -> int:
     if not settings.dev_mode:
         print("haven run is the embedded development setup: set HAVEN_DEV_MODE=true (make run does)", file=sys.stderr)
         return 2
+    if problem := settings.local_stripe_problem():
+        raise Misconfigured(problem)
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    server = devserver.start_dev_server(settings)
+    stripe_server = None
+    if settings.local_stripe:
+        stripe_server, settings = _start_local_stripe(settings)
     try:
-        await devserver.wait_until_serving(settings, server)
-        db, client = await _prepare(settings)
-        await _seed_dev_organisations(db)
-        _print_welcome(settings)
-        failed = await _run_parts(stop, _serve_worker(settings, client, db, stop), _serve_api(settings, client, db, stop))
-        await db.dispose()
-        return 1 if failed else 0
+        server = devserver.start_dev_server(settings)
+        try:
+            await devserver.wait_until_serving(settings, server)
+            db, client = await _prepare(settings)
+            await _seed_dev_organisations(db)
+            _print_welcome(settings)
+            parts = [_serve_worker(settings, client, db, stop), _serve_api(settings, client, db, stop)]
+            if stripe_server is not None:
+                parts.append(_watch_local_stripe(stripe_server, stop))
+            failed = await _run_parts(stop, *parts)
+            await db.dispose()
+            return 1 if failed else 0
+        finally:
+            devserver.stop(server)
+            print("haven stopped; everything is kept under", settings.var_dir)
     finally:
-        devserver.stop(server)
-        print("haven stopped; everything is kept under", settings.var_dir)
+        if stripe_server is not None:
+            stripe_server.stop()  # after the worker: a payment under way finishes or is retried next time
+
+
+def _start_local_stripe(settings: Settings):
+    """Dev mode: the local Stripe-compatible server (seeded with `acct_devpayee` and a balance),
+    and the settings that point the worker and the API at it, webhooks included."""
+    import secrets
+
+    from haven.stripe_local import LocalStripe
+
+    server = LocalStripe(port=settings.local_stripe_port, seed_dev=True)
+    try:
+        server.start()
+    except OSError as error:
+        raise Unavailable(
+            f"the local Stripe server could not listen on 127.0.0.1:{settings.local_stripe_port} "
+            f"(HAVEN_LOCAL_STRIPE_PORT): {error.strerror or error}"
+        ) from None
+    webhook_secret = settings.stripe_webhook_secret or f"whsec_{secrets.token_hex(24)}"
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    server.control.register_webhook(f"http://{host}:{settings.api_port}/v1/webhooks/stripe", webhook_secret, mode="async")
+    return server, settings.model_copy(
+        update={"stripe_api_key": server.api_key, "stripe_api_base": server.url, "stripe_webhook_secret": webhook_secret}
+    )
+
+
+async def _watch_local_stripe(server, stop: asyncio.Event) -> None:
+    """The local Stripe server is one of the parts: if it dies, everything stops."""
+    while not stop.is_set():
+        if not server.running:
+            raise RuntimeError("the local Stripe server stopped")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1)
 
 
 async def _run_parts(stop: asyncio.Event, *parts) -> bool:
@@ -267,6 +320,16 @@ def _print_welcome(settings: Settings) -> None:
         mail = f"sent through {settings.smtp_host}:{settings.smtp_port}"
     else:
         mail = f"{settings.var_dir / 'mail'}  (one .eml file per e-mail; set HAVEN_SMTP_HOST to send)"
+    if settings.local_stripe:
+        stripe = (
+            f"local Stripe server {settings.stripe_api_base}  (test mode; in memory: a restart forgets its transfers)\n"
+            '               a payee with "rail": "stripe", "stripe_account": "acct_devpayee" is paid through it;\n'
+            f"               its transfers: {settings.stripe_api_base}/_control/transfers"
+        )
+    elif settings.stripe_api_key:
+        stripe = f"Stripe Connect transfers through {settings.stripe_api_base or 'Stripe (api.stripe.com)'}"
+    else:
+        stripe = "off: payees are paid manually (HAVEN_LOCAL_STRIPE=true starts a local Stripe server)"
     print(
         f"""
 haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_dir}/secrets)
@@ -275,6 +338,7 @@ haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_
   Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
   E-mail       {mail}
                to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance) @example.org
+  Stripe       {stripe}
 
 Get a token, in another terminal:
   .venv/bin/haven token --role intermediary --sub int-1 --org ngo-1

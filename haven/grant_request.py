@@ -255,7 +255,16 @@ class PaymentFailureRecord(PaymentFailureInput, Acting):
     pass
 
 
-class PaymentRetry(Acting):
+class PaymentRetryInput(Strict):
+    model_config = ConfigDict(json_schema_extra={"examples": [{}, {"rail": "manual"}]})
+
+    rail: PaymentRail | None = Field(
+        default=None,
+        description="Pay through this rail from now on (e.g. `manual` after Stripe refused); omitted: the same rail.",
+    )
+
+
+class PaymentRetry(PaymentRetryInput, Acting):
     pass
 
 
@@ -333,6 +342,7 @@ class Tranche(Strict):
     status: Literal["scheduled", "payment_pending", "paid", "failed", "cancelled"] = "scheduled"
     paid_on: date | None = None
     reference: str | None = None
+    reversed_minor: int = 0  # money that came back after payment (a Stripe transfer reversal)
     check_in_due_at: datetime | None = None
 
 
@@ -352,6 +362,7 @@ class GrantRequestState(Strict):
     status: Status
     policy_hash: str
     requested: Money
+    rail: PaymentRail = PaymentRail.MANUAL
     granted: Money | None = None
     screening: ScreeningResult | None = None
     risk: RiskAssessment | None = None

@@ -27,6 +27,7 @@ class LocalHaven:
     def __init__(self, var_dir: Path, **env: str):
         self.var_dir = Path(var_dir)
         self.api_port = free_port()
+        self.stripe_port = free_port()  # used when env has HAVEN_LOCAL_STRIPE=true
         self.env = {
             **os.environ,
             "HAVEN_DEV_MODE": "true",
@@ -34,13 +35,20 @@ class LocalHaven:
             "HAVEN_API_PORT": str(self.api_port),
             "HAVEN_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
             "HAVEN_TEMPORAL_UI_PORT": str(free_port()),
+            "HAVEN_LOCAL_STRIPE_PORT": str(self.stripe_port),
             **env,
         }
         if "HAVEN_DATABASE_URL" not in env:
             self.env.pop("HAVEN_DATABASE_URL", None)  # the embedded default: SQLite under var_dir
+        if self.env.get("HAVEN_LOCAL_STRIPE", "").lower() in ("1", "true", "yes", "on"):
+            for name in ("HAVEN_STRIPE_API_KEY", "HAVEN_STRIPE_API_BASE"):  # the shell's, not asked for here
+                if name not in env:
+                    self.env.pop(name, None)
         self.log = self.var_dir / "haven-run.log"
         self.process: subprocess.Popen | None = None
         self.base_url = f"http://127.0.0.1:{self.api_port}"
+        # The local Stripe server's address (its `/_control/...` API), with HAVEN_LOCAL_STRIPE=true.
+        self.stripe_url = f"http://127.0.0.1:{self.env['HAVEN_LOCAL_STRIPE_PORT']}"
 
     def start(self, timeout: float = 90) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)

@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     stripe_api_base: str = ""
     stripe_webhook_secret: str = ""
     stripe_timeout_seconds: float = 20.0
+    # Dev mode and `haven run` only: start the local Stripe-compatible server (haven.stripe_local)
+    # on this loopback port and point the three settings above at it. Never with a real key.
+    local_stripe: bool = False
+    local_stripe_port: int = 12111
 
     # Intake: each organisation may submit this many requests per minute (bursts up to the same).
     intake_rate_per_minute: int = 30
@@ -89,6 +93,21 @@ class Settings(BaseSettings):
     def payment_rails(self) -> frozenset[PaymentRail]:
         """The rails this deployment can pay through: manual always, Stripe once it has a key."""
         return frozenset({PaymentRail.MANUAL, PaymentRail.STRIPE} if self.stripe_api_key else {PaymentRail.MANUAL})
+
+    def local_stripe_problem(self, command: str = "run") -> str | None:
+        """Why HAVEN_LOCAL_STRIPE cannot be honoured here (None: it can, or it is off)."""
+        if not self.local_stripe:
+            return None
+        if command != "run":
+            return (f"HAVEN_LOCAL_STRIPE=true only works with `haven run` in dev mode; `haven {command}` "
+                    "pays through the Stripe that HAVEN_STRIPE_API_KEY and HAVEN_STRIPE_API_BASE point at")
+        if not self.dev_mode:
+            return "HAVEN_LOCAL_STRIPE=true is for development only: it needs HAVEN_DEV_MODE=true"
+        if self.stripe_api_key or self.stripe_api_base:
+            return ("HAVEN_LOCAL_STRIPE=true starts a local Stripe server and points haven at it, so it cannot be "
+                    "combined with HAVEN_STRIPE_API_KEY or HAVEN_STRIPE_API_BASE (a Stripe key is never sent to "
+                    "the local server): unset them, or set HAVEN_LOCAL_STRIPE=false (make run HAVEN_LOCAL_STRIPE=false)")
+        return None
 
     @property
     def async_database_url(self) -> str:

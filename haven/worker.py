@@ -11,11 +11,13 @@ from haven.settings import Settings
 from workflows import WORKFLOWS
 
 
-def build_worker(client: Client, db: Database, settings: Settings, payment_rails=None) -> Worker:
-    """`payment_rails` replaces the configured rails (tests drive a rail of their own)."""
+def build_worker(client: Client, db: Database, settings: Settings, payment_rails=None, **options) -> Worker:
+    """`payment_rails` replaces the configured rails (tests drive a rail of their own); `options`
+    go to the Temporal worker."""
     return Worker(
         client,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         activities=build_activities(db, settings, payment_rails),
+        **options,
     )

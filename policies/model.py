@@ -72,6 +72,10 @@ class Policy(Rule):
     decision_timelines: dict[Urgency, DecisionTimeline]
     information_response_days: PositiveInt
     payment_failed_expiry_days: PositiveInt
+    # How long a rail may go unanswered (network errors, 5xx, 429, all retried) before the
+    # payment is marked failed and finance is asked to look; whether money moved is then unknown,
+    # which the rail's lookup, a webhook or reconciliation settles.
+    payment_unanswered_minutes: PositiveInt = 60
     follow_up: FollowUpRule
     housing: HousingRule
     country_risk: dict[Literal["elevated", "high"], list[str]]

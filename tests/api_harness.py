@@ -55,8 +55,15 @@ class Api:
 
 
 @pytest.fixture
-async def api(time_skipping_env, sqlite_db, tmp_path):
-    settings = make_settings(tmp_path, sqlite_db.url)
+def api_settings() -> dict:
+    """Settings the `api` fixture's app and worker run with; a test module overrides this fixture
+    to change them (e.g. to pay through the local Stripe server)."""
+    return {}
+
+
+@pytest.fixture
+async def api(time_skipping_env, sqlite_db, tmp_path, api_settings):
+    settings = make_settings(tmp_path, sqlite_db.url, **api_settings)
     app = create_app(settings, db=sqlite_db, client=time_skipping_env.client)
     async with build_worker(time_skipping_env.client, sqlite_db, settings), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

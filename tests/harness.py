@@ -26,6 +26,7 @@ from haven.grant_request import (
     InformationResponse,
     ManualPaymentRecord,
     PaymentFailureRecord,
+    PaymentRail,
     PaymentRetry,
     ReportAcceptance,
     Role,
@@ -156,8 +157,8 @@ class Harness:
         command = PaymentFailureRecord(actor=FINANCE, reason=reason)
         return await self.act(handle, GrantRequestWorkflow.record_payment_failure, command)
 
-    async def retry(self, handle) -> ActionResult:
-        return await self.act(handle, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=FINANCE))
+    async def retry(self, handle, rail: PaymentRail | None = None) -> ActionResult:
+        return await self.act(handle, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=FINANCE, rail=rail))
 
     async def check_in(self, handle, still_needed: bool = True) -> ActionResult:
         command = CheckInRecord(actor=intermediary(), still_needed=still_needed, note="Still at the safe house.")

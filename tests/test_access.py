@@ -19,9 +19,10 @@ from temporalio.testing import WorkflowEnvironment
 from api.app import create_app, routes
 from api.permissions import operation_of, permission_table
 from haven.db import utcnow
-from haven.db.models import AuditEvent, Organisation, StaffMember
+from haven.db.models import AuditEvent, Organisation, ReconciliationRun, StaffMember
 from haven.grant_request import Role
 from haven.settings import REPO_ROOT
+from haven.stripe_local import LocalStripe
 from haven.temporal import DATA_CONVERTER
 from haven.worker import build_worker
 from tests.conftest import make_settings, prepare_database, venv_binary
@@ -30,6 +31,8 @@ from tests.harness import SAMPLE_REQUEST
 I, C, D, F, A = "intermediary", "caseworker", "director", "finance", "admin"
 ROLES = [I, C, D, F, A]
 EUR = {"minor_units": 1_000, "currency": "EUR"}
+YESTERDAY = (utcnow().date() - timedelta(days=1)).isoformat()
+RUN = "rc_access"  # a reconciliation run the fixture stores
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,9 @@ ENDPOINTS = [
     E("POST", "/v1/organisations/{org}/webhook-secret", {A}),
     E("GET", "/v1/staff", {C, D, A}),
     E("PUT", "/v1/staff/{sub}", {A}, {"name": "New colleague", "email": "new@example.org", "roles": ["caseworker"]}),
+    E("POST", "/v1/reconciliations", {F}, {"day": YESTERDAY}),
+    E("GET", "/v1/reconciliations", {D, F}),
+    E("GET", "/v1/reconciliations/{run_id}", {D, F}),
 ]
 
 
@@ -110,16 +116,20 @@ async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
                                 roles=["caseworker"], active=True, created_at=now, updated_at=now))  # fmt: skip
         session.add(Organisation(id="ngo-hook", name="hook", trust_level="standard", active=True,
                                  webhook_url="https://hooks.example.org/haven", webhook_secret="s", created_at=now))  # fmt: skip
+        session.add(ReconciliationRun(id=RUN, day=now.date(), trigger="schedule", requested_by="schedule", status="done",
+                                      transfers_seen=0, payments_seen=0, mismatches=0, started_at=now))  # fmt: skip
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
     )
-    settings = make_settings(tmp, db.url)
+    stripe = LocalStripe().start()  # finance's reconciliation needs the Stripe rail
+    settings = make_settings(tmp, db.url, stripe_api_key=stripe.api_key, stripe_api_base=stripe.url)
     app = create_app(settings, db=db, client=env.client)
     async with build_worker(env.client, db, settings), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://haven.test") as http:
             yield Access(http, app, db)
     await env.shutdown()
+    stripe.stop()
     await db.dispose()
 
 
@@ -128,7 +138,7 @@ async def test_role_endpoint_organisation(access: Access, endpoint: Endpoint, ro
     n = next(access.serial)
     subject = f"{role}-{n}"
     path = endpoint.path.replace("{org}", "ngo-hook" if "webhook" in endpoint.path else f"org-{n}")
-    path = path.replace("{sub}", f"staff-{n}")
+    path = path.replace("{sub}", f"staff-{n}").replace("{run_id}", RUN)
     if endpoint.about_a_request:
         path = path.replace("{id}", await access.new_request("ngo-1" if whose == "own" else "ngo-2"))
     response = await access.http.request(

@@ -109,3 +109,50 @@ def test_the_api_refuses_to_start_without_an_identity_provider(tmp_path):
     out = subprocess.run([HAVEN, "api"], env=env, capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert "HAVEN_JWKS_URL" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_make_run_pays_a_stripe_payee_through_the_local_stripe_server(tmp_path):
+    """`make run` (HAVEN_LOCAL_STRIPE=true): a Stripe payee is paid by one transfer on the local
+    Stripe server, which carries ids only; the server is refused with a Stripe key or outside dev mode."""
+    import subprocess
+
+    from haven.localstack import HAVEN
+
+    for env, says in (
+        ({"HAVEN_STRIPE_API_KEY": "sk_live_not_for_here"}, "cannot be combined with HAVEN_STRIPE_API_KEY"),
+        ({"HAVEN_DEV_MODE": "false"}, "HAVEN_DEV_MODE=true"),
+    ):
+        refused = LocalHaven(tmp_path / "refused", HAVEN_LOCAL_STRIPE="true", **env)
+        out = subprocess.run([HAVEN, "run"], env=refused.env, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 2 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+    haven = LocalHaven(tmp_path / "var", HAVEN_LOCAL_STRIPE="true")
+    haven.start()
+    try:
+        intermediary = haven.token("--role", "intermediary", "--sub", "int-1", "--org", "ngo-1")
+        caseworker = haven.token("--role", "caseworker", "--sub", "cw-1")
+        stripe_payee = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_devpayee"}
+        # Medium risk (critical, high threat, KE) and EUR 1,500: one caseworker's approval.
+        request = {**REQUEST, "country": "KE", "payee": stripe_payee}
+        with httpx.Client(base_url=haven.base_url, timeout=10) as http:
+            created = http.post("/v1/grant-requests", json=request, headers={**intermediary, "Idempotency-Key": "e2e-stripe"})
+            assert created.status_code == 202, created.text
+            request_id = created.json()["id"]
+            url = f"/v1/grant-requests/{request_id}"
+            _until(http, url, caseworker, "awaiting_decision")
+            approve = {"kind": "approve", "amount": request["amount"]}
+            assert http.post(f"{url}/decisions", json=approve, headers=caseworker).json()["status"] == "approved"
+            case = _until(http, url, caseworker, "follow_up")
+            (transfer,) = httpx.get(f"{haven.stripe_url}/_control/transfers").json()["data"]
+            assert transfer["destination"] == "acct_devpayee" and transfer["amount"] == 120_000 and transfer["currency"] == "eur"
+            assert transfer["metadata"] == {"request_id": request_id, "tranche": "1"}
+            assert case["payments"][0]["status"] == "paid" and case["payments"][0]["reference"] == transfer["id"]
+            # Its transfer.created event went, signed, to this haven's webhook endpoint.
+            deadline = time.monotonic() + 10
+            while not (sent := httpx.get(f"{haven.stripe_url}/_control/deliveries").json()["data"]) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert [(d["type"], d["url"], d["status"]) for d in sent] == [
+                ("transfer.created", f"{haven.base_url}/v1/webhooks/stripe", 200)
+            ]
+    finally:
+        haven.stop()

@@ -57,7 +57,9 @@ class Stack:
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    haven = LocalHaven(tmp_path_factory.mktemp("schemathesis") / "var", HAVEN_INTAKE_RATE_PER_MINUTE="1000000")
+    haven = LocalHaven(
+        tmp_path_factory.mktemp("schemathesis") / "var", HAVEN_INTAKE_RATE_PER_MINUTE="1000000", HAVEN_LOCAL_STRIPE="true"
+    )
     haven.start()
     figures["started"] = time.monotonic()
     try:

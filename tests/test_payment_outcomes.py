@@ -7,6 +7,7 @@ against the local Stripe-compatible server."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -28,15 +29,16 @@ class ScriptedRail:
     """Answers each call with the next step of its script: "ok", "refuse", "fail" (transient) or
     "hold" (answers ok once `release` is set, so a test can act while money is moving)."""
 
-    def __init__(self, *script: str):
+    def __init__(self, *script: str, then: str = "ok"):
         self.script = list(script)
+        self.then = then
         self.calls: list[str] = []
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
 
     async def start(self, instruction: PaymentInstruction, payee: dict[str, Any]) -> DisbursementStarted:
         self.calls.append(instruction.idempotency_key)
-        step = self.script.pop(0) if self.script else "ok"
+        step = self.script.pop(0) if self.script else self.then
         if step == "hold":
             self.holding.set()
             await self.release.wait()
@@ -93,7 +95,7 @@ async def test_a_refusal_releases_the_budget_and_a_retry_can_pay(run):
         assert (payment.status, payment.attempts, payment.reference) == ("paid", 2, "tr_2")
     # A definite refusal paid nothing, so the retry uses a fresh key (the payment service would
     # otherwise replay its stored refusal).
-    assert rail.calls == [f"{handle.id}:tranche:1", f"{handle.id}:tranche:1:after-refusal-1"]
+    assert rail.calls == [f"{handle.id}:tranche:1", f"{handle.id}:tranche:1:after-1"]
 
 
 async def test_transient_errors_are_retried_until_the_rail_answers(run):
@@ -120,6 +122,45 @@ async def test_nobody_can_withdraw_while_a_retried_payment_is_moving(run):
         await harness.until(handle, Status.FOLLOW_UP)
         (payment,) = await harness.payments(handle.id)
         assert payment.status == "paid"
+
+
+async def test_a_rail_left_unanswered_past_the_policy_fails_the_payment_for_finance(run, time_skipping_env, default_policy):
+    rail = ScriptedRail(then="fail")  # every call a network error, as when Stripe is down
+    harness, worker = await run(rail)
+    async with worker:
+        handle = await _approved(harness)
+        await harness.until(handle, lambda s: len(rail.calls) >= 2)
+        patience = default_policy.policy.payment_unanswered_minutes
+        await time_skipping_env.sleep(timedelta(minutes=patience + 1))
+        await harness.until(handle, Status.PAYMENT_FAILED)
+        (payment,) = await harness.payments(handle.id)
+        assert payment.status == "failed" and f"did not answer for {patience} minutes" in payment.failure_reason
+        assert ("payment_failed", "finance") in {(n.kind, n.audience) for n in await harness.notifications(handle.id)}
+        (reservation,) = await harness.reservations(handle.id)
+        assert reservation.status == "released"
+
+        rail.then = "ok"
+        await harness.retry(handle)
+        await harness.until(handle, Status.FOLLOW_UP)
+    # Whether the unanswered calls moved money is unknown, so the retry moves to a fresh key
+    # (a stored 500 would be replayed for a day) only after the rail looked for a transfer.
+    assert set(rail.calls) == {f"{handle.id}:tranche:1", f"{handle.id}:tranche:1:after-1"}
+
+
+async def test_finance_can_switch_a_refused_payment_to_the_manual_rail(run):
+    harness, worker = await run(ScriptedRail("refuse"))
+    async with worker:
+        handle = await _approved(harness)
+        await harness.until(handle, Status.PAYMENT_FAILED)
+        result = await harness.retry(handle, PaymentRail.MANUAL)
+        assert "manual rail" in result.message
+        state = await harness.until(handle, Status.PAYMENT_PENDING)
+        assert state.rail == PaymentRail.MANUAL
+        await harness.pay(handle, 150_000, reference="SEPA-2026-77")
+        await harness.until(handle, Status.FOLLOW_UP)
+        (payment,) = await harness.payments(handle.id)
+        assert (payment.status, payment.rail, payment.reference) == ("paid", "manual", "SEPA-2026-77")
+        assert (await harness.record(handle.id)).rail == "manual"
 
 
 async def _approved(harness: Harness):

@@ -56,7 +56,7 @@ async def test_a_retry_after_the_key_expired_finds_the_transfer_made_before(loca
     rail = _rail(local_stripe, tmp_path)
     first = await rail.start(_instruction(), PAYEE)
     # Another key, as after Stripe forgot the first one: still the same transfer, not a second.
-    later = await rail.start(_instruction().model_copy(update={"refusals": 3}), PAYEE)
+    later = await rail.start(_instruction().model_copy(update={"ended_attempts": 3}), PAYEE)
     assert later.reference == first.reference and local_stripe.control.transfer_count() == 1
     other_tranche = await rail.start(_instruction(tranche=2), PAYEE)
     assert other_tranche.reference != first.reference and local_stripe.control.transfer_count() == 2
@@ -118,7 +118,7 @@ async def test_after_a_refusal_is_fixed_the_retry_pays(local_stripe, tmp_path):
     local_stripe.control.top_up(1_000_000, "eur")  # finance tops up the platform balance
     with pytest.raises(ApplicationError):  # the same key replays the stored refusal, as Stripe does
         await rail.start(_instruction(), PAYEE)
-    paid = await rail.start(_instruction().model_copy(update={"refusals": 1}), PAYEE)
+    paid = await rail.start(_instruction().model_copy(update={"ended_attempts": 1}), PAYEE)
     assert paid.outcome == "completed" and local_stripe.control.transfer_count() == 1
 
 

@@ -1,7 +1,9 @@
 """Durable workflows: deterministic orchestration of the grant request lifecycle."""
 
 from workflows.grant_request import GrantRequestWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
+from workflows.stripe_event import StripeEventWorkflow
 
-WORKFLOWS = [GrantRequestWorkflow]
+WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow]
 
-__all__ = ["GrantRequestWorkflow", "WORKFLOWS"]
+__all__ = ["GrantRequestWorkflow", "ReconciliationWorkflow", "StripeEventWorkflow", "WORKFLOWS"]

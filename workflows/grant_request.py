@@ -10,7 +10,9 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import RetryState
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.budget import BudgetReservations
@@ -28,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         PaymentInstruction,
         PaymentUpdate,
         ReportEntry,
+        TransferNotice,
         RequestProjection,
         ReservationRelease,
         ReservationRequest,
@@ -45,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         InformationResponse,
         ManualPaymentRecord,
         PaymentFailureRecord,
+        PaymentRail,
         PaymentRetry,
         ReportAcceptance,
         Role,
@@ -60,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
 
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
+RAIL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)  # a worker that died mid-payment, noticed this soon
 ACTIVITY_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=30))
 
 def _refusal(error: ActivityError) -> str | None:
@@ -67,6 +72,18 @@ def _refusal(error: ActivityError) -> str | None:
     cause = error.cause
     if isinstance(cause, ApplicationError) and cause.type == PAYMENT_REFUSED:
         return cause.message
+    return None
+
+
+def _unanswered(error: ActivityError, minutes: int) -> str | None:
+    """The reason when the rail went unanswered past the policy's patience; None otherwise."""
+    timed_out = isinstance(error.cause, ActivityTimeout) and error.cause.type == TimeoutType.SCHEDULE_TO_CLOSE
+    # Retries that run out of time report the last attempt's error with the retry state "timeout".
+    if timed_out or error.retry_state == RetryState.TIMEOUT:
+        return (
+            f"the payment rail did not answer for {minutes} minutes; whether money moved is not known yet "
+            "(a retry first looks for this tranche's transfer, and reconciliation reports it)"
+        )
     return None
 
 
@@ -92,13 +109,16 @@ class GrantRequestWorkflow:
             status=Status.RECEIVED,
             policy_hash=start.policy_hash,
             requested=start.amount,
+            rail=start.rail,
         )
         self._pinned: PolicyVersion | None = None
         self._seq = 0
         self._reservation_number = 0
         self._reserved_base = 0
         self._payment_attempts: dict[int, int] = {}
-        self._payment_refusals: dict[int, int] = {}  # per tranche: each refusal moves to a fresh key
+        self._ended_attempts: dict[int, int] = {}  # per tranche: each ended attempt moves to a fresh key
+        self._rail = start.rail  # finance may switch it when retrying a failed payment
+        self._confirmed_transfers: dict[int, str] = {}  # tranche -> transfer id, from Stripe's webhooks
         self._retry_requested = False
         self._check_in_open: int | None = None
         self._check_in: CheckInRecord | None = None
@@ -235,44 +255,14 @@ class GrantRequestWorkflow:
                 await self._reserve(self._unpaid_base())
             attempt = self._payment_attempts.get(tranche.number, 0) + 1
             self._payment_attempts[tranche.number] = attempt
-            # The rail is started before the status says payment_pending: a withdrawal is only
-            # accepted once the payment exists to be cancelled, never while money is moving.
-            instruction = PaymentInstruction(
-                request_id=self._start.request_id,
-                tranche=tranche.number,
-                attempt=attempt,
-                refusals=self._payment_refusals.get(tranche.number, 0),
-                rail=self._start.rail,
-                amount=tranche.amount,
-                amount_base_minor=rules.to_base(self._policy, tranche.amount),
-            )
             self._state.current_tranche = tranche.number
-            # `_retry_requested` stays set while the rail runs: it is what refuses a withdrawal
-            # (or a manual record) while money may be moving.
-            try:
-                started: DisbursementStarted = await self._remote_activity(Disbursements.start_disbursement, instruction)
-            except ActivityError as error:
-                reason = _refusal(error)
-                if reason is None:
-                    raise
+            confirmed = self._confirmed_transfers.get(tranche.number)
+            if confirmed is not None:
+                # Stripe told us the transfer exists (its webhook) while the payment stood failed.
                 self._retry_requested = False
-                self._payment_refusals[tranche.number] = instruction.refusals + 1
-                await self._payment_refused(tranche, attempt, reason)
+                await self._payment_completed(tranche, attempt, confirmed)
             else:
-                self._retry_requested = False
-                if started.outcome == "completed":
-                    # Straight to paid, in this workflow task: no action can slip in between.
-                    await self._payment_completed(tranche, attempt, started.reference or "")
-                else:
-                    tranche.status = "payment_pending"
-                    await self._record(
-                        "payment_started",
-                        to=Status.PAYMENT_PENDING,
-                        facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
-                        projection=RequestProjection(current_tranche=tranche.number),
-                        notify=_notify("payment_due", "finance"),
-                    )
-                    await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
+                await self._disburse(tranche, attempt)
             if self._state.status == Status.PAID:
                 return True
             await self._release(reason=str(self._state.status))
@@ -281,7 +271,10 @@ class GrantRequestWorkflow:
             # Payment failed: the budget is released; finance may retry (it is reserved again).
             expiry = workflow.now() + timedelta(days=self._policy.payment_failed_expiry_days)
             if not await self._wait_until(
-                lambda: self._retry_requested or self._state.status != Status.PAYMENT_FAILED, expiry
+                lambda: self._retry_requested
+                or self._state.status != Status.PAYMENT_FAILED
+                or tranche.number in self._confirmed_transfers,
+                expiry,
             ):
                 anything_paid = any(t.status == "paid" for t in self._state.tranches)
                 tranche.status = "failed"
@@ -296,6 +289,60 @@ class GrantRequestWorkflow:
             if self._state.status != Status.PAYMENT_FAILED:
                 return False
 
+    async def _disburse(self, tranche: Tranche, attempt: int) -> None:
+        """Runs the rail once (Temporal retries transient errors) and records what it answered."""
+        # The rail is started before the status says payment_pending: a withdrawal is only
+        # accepted once the payment exists to be cancelled, never while money is moving.
+        # `_retry_requested` stays set while the rail runs: it is what refuses a withdrawal (or a
+        # manual record) while money may be moving.
+        instruction = PaymentInstruction(
+            request_id=self._start.request_id,
+            tranche=tranche.number,
+            attempt=attempt,
+            ended_attempts=self._ended_attempts.get(tranche.number, 0),
+            rail=self._rail,
+            amount=tranche.amount,
+            amount_base_minor=rules.to_base(self._policy, tranche.amount),
+        )
+        rail = workflow.start_activity_method(
+            Disbursements.start_disbursement,
+            instruction,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            schedule_to_close_timeout=timedelta(minutes=self._policy.payment_unanswered_minutes),
+            heartbeat_timeout=RAIL_HEARTBEAT_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+        # A webhook saying the transfer exists settles the payment even while the rail's own
+        # answer is lost or still being retried.
+        await workflow.wait_condition(lambda: rail.done() or tranche.number in self._confirmed_transfers)
+        self._retry_requested = False
+        if not rail.done():
+            rail.cancel()
+            await self._payment_completed(tranche, attempt, self._confirmed_transfers[tranche.number])
+            return
+        try:
+            started: DisbursementStarted = await rail
+        except ActivityError as error:
+            reason = _refusal(error) or _unanswered(error, self._policy.payment_unanswered_minutes)
+            if reason is None:
+                raise
+            self._ended_attempts[tranche.number] = instruction.ended_attempts + 1
+            await self._payment_refused(tranche, attempt, reason)
+            return
+        if started.outcome == "completed":
+            # Straight to paid, in this workflow task: no action can slip in between.
+            await self._payment_completed(tranche, attempt, started.reference or "")
+            return
+        tranche.status = "payment_pending"
+        await self._record(
+            "payment_started",
+            to=Status.PAYMENT_PENDING,
+            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._rail},
+            projection=RequestProjection(current_tranche=tranche.number),
+            notify=_notify("payment_due", "finance"),
+        )
+        await workflow.wait_condition(lambda: self._state.status != Status.PAYMENT_PENDING)
+
     async def _payment_completed(self, tranche: Tranche, attempt: int, reference: str) -> None:
         """The rail paid (a Stripe transfer exists): no one has to confirm it."""
         tranche.status = "paid"
@@ -305,19 +352,20 @@ class GrantRequestWorkflow:
         await self._record(
             "payment_completed",
             to=Status.PAID,
-            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail, "reference": reference},
+            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._rail, "reference": reference},
             payment=PaymentUpdate(tranche=tranche.number, status="paid", reference=reference, paid_on=tranche.paid_on),
             projection=RequestProjection(current_tranche=tranche.number),
             notify=_notify("payment_made", self._org),
         )
 
     async def _payment_refused(self, tranche: Tranche, attempt: int, reason: str) -> None:
-        """The rail refused for good (no such account, no balance…): finance must act."""
+        """The rail refused for good (no such account, no balance…) or never answered: finance
+        must act."""
         tranche.status = "failed"
         await self._record(
             "payment_refused",
             to=Status.PAYMENT_FAILED if self._state.status != Status.PAYMENT_FAILED else None,
-            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._start.rail},
+            facts={"tranche": tranche.number, "attempt": attempt, "rail": self._rail},
             message=MessageEntry(kind="payment_failure", body={"reason": reason}, tranche=tranche.number),
             payment=PaymentUpdate(tranche=tranche.number, status="failed", failure_reason=reason),
             projection=RequestProjection(current_tranche=tranche.number),
@@ -588,8 +636,16 @@ class GrantRequestWorkflow:
     async def retry_payment(self, retry: PaymentRetry) -> ActionResult:
         self._check_retry_payment()
         self._retry_requested = True
-        status = await self._record(Action.RETRY_PAYMENT, retry.actor, facts={"tranche": self._state.current_tranche})
-        return self._result(status, "payment will be retried")
+        switched = retry.rail is not None and retry.rail != self._rail
+        if retry.rail is not None:
+            self._rail = self._state.rail = retry.rail
+        status = await self._record(
+            Action.RETRY_PAYMENT,
+            retry.actor,
+            facts={"tranche": self._state.current_tranche, "rail": self._rail},
+            projection=RequestProjection(rail=self._rail) if switched else None,
+        )
+        return self._result(status, f"payment will be retried through the {self._rail} rail")
 
     @retry_payment.validator
     def _validate_retry_payment(self, retry: PaymentRetry) -> None:
@@ -710,6 +766,22 @@ class GrantRequestWorkflow:
         if any(t.status == "paid" for t in self._state.tranches):
             raise Refused("money has already been paid; a later tranche is stopped by checking in as not needed")
 
+    # --- what Stripe tells us (verified webhooks, applied to the ledger first) --------------------
+
+    @workflow.signal
+    def transfer_confirmed(self, notice: TransferNotice) -> None:
+        tranche = self._tranche(notice.tranche)
+        # Only our transfer for this tranche, as instructed, confirms it; anything else is for
+        # reconciliation to report.
+        if tranche is not None and self._rail == PaymentRail.STRIPE and notice.amount == tranche.amount:
+            self._confirmed_transfers.setdefault(tranche.number, notice.transfer_id)
+
+    @workflow.signal
+    def transfer_reversed(self, notice: TransferNotice) -> None:
+        tranche = self._tranche(notice.tranche)
+        if tranche is not None and tranche.reference == notice.transfer_id:
+            tranche.reversed_minor = max(tranche.reversed_minor, notice.amount_reversed_minor)
+
     @workflow.query
     def state(self) -> GrantRequestState:
         return self._state
@@ -724,6 +796,9 @@ class GrantRequestWorkflow:
     def _check_allowed(self, action: Action) -> None:
         if self._pinned is None or not action_allowed(action, self._state.status):
             raise Refused(f"cannot {action.value.replace('_', ' ')} while the request is {self._state.status.value}")
+
+    def _tranche(self, number: int | None) -> Tranche | None:
+        return next((t for t in self._state.tranches if t.number == number), None)
 
     def _current_tranche(self) -> Tranche:
         return self._state.tranches[(self._state.current_tranche or 1) - 1]
@@ -806,12 +881,6 @@ class GrantRequestWorkflow:
         (no task-queue round trip each; still recorded in history and retried)."""
         return await workflow.execute_local_activity_method(
             fn, args=list(args), start_to_close_timeout=LOCAL_ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
-        )
-
-    async def _remote_activity(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Calls beyond our database (payment rails): regular activities, any worker, own timeout."""
-        return await workflow.execute_activity_method(
-            fn, args=list(args), start_to_close_timeout=ACTIVITY_TIMEOUT, retry_policy=ACTIVITY_RETRY
         )
 
     async def _record(

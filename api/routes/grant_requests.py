@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -30,13 +30,15 @@ from haven.grant_request import (
     ManualPaymentRecord,
     PaymentFailureInput,
     PaymentFailureRecord,
+    Payee,
+    PaymentRail,
     PaymentRetry,
+    PaymentRetryInput,
     ReportAcceptance,
     ReportAcceptanceInput,
     ReportInput,
     ScreeningClearance,
     ScreeningClearanceInput,
-    Strict,
     Urgency,
     Withdrawal,
     WithdrawalInput,
@@ -54,10 +56,6 @@ router = APIRouter(prefix="/v1/grant-requests", tags=["grant requests"])
 
 PROBLEMS = PROBLEM_RESPONSES
 RequestId = Annotated[str, Path(max_length=40, description="the grant request's id, e.g. gr_3f9a…")]
-
-
-class EmptyBody(Strict):
-    pass
 
 
 @router.post("", status_code=202, response_model=GrantRequestSummary, responses=PROBLEMS)
@@ -226,9 +224,30 @@ async def record_payment_failure(
 
 @router.post("/{request_id}/payment-retries", response_model=ActionResult, responses=PROBLEMS)
 async def retry_payment(
-    request_id: RequestId, body: EmptyBody, svc: Svc, actor: Annotated[Actor, Depends(require(Operation.RETRY_PAYMENT))]
+    request_id: RequestId,
+    body: PaymentRetryInput,
+    svc: Svc,
+    actor: Annotated[Actor, Depends(require(Operation.RETRY_PAYMENT))],
 ) -> ActionResult:
-    return await _act(svc, request_id, actor, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=actor))
+    """Finance retries a failed payment; with `rail` it is paid through another rail from now on
+    (e.g. `manual` after Stripe refused the transfer)."""
+    if body.rail is not None:
+        _check_rail(svc, await _visible(svc, request_id, actor), body.rail)
+    return await _act(svc, request_id, actor, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=actor, **body.model_dump()))
+
+
+def _check_rail(svc: Services, record, rail: PaymentRail) -> None:
+    """A switch is refused before it reaches the workflow when this fund or the payee's record
+    cannot pay through the rail (the payee is checked by the same model as at intake)."""
+    if rail not in svc.settings.payment_rails:
+        detail = f"this fund does not pay through {rail}"
+    else:
+        try:
+            Payee.model_validate({**record.sensitive["payee"], "rail": rail})
+            return
+        except ValidationError:
+            detail = f"the payee has no account for the {rail} rail (a Stripe connected account)"
+    raise Problem(422, "rail-unavailable", detail, errors=[{"field": "rail", "message": detail}])
 
 
 @router.post("/{request_id}/check-ins", response_model=ActionResult, responses=PROBLEMS)

@@ -59,15 +59,17 @@ class Message:
         message = EmailMessage()
         message["From"] = sender
         message["To"] = to
-        message["Subject"] = f"[haven] {what} – request {self.request_id}"
+        # Not every message is about one request (a reconciliation's mismatches are finance's).
+        about = f" – request {self.request_id}" if self.request_id else ""
+        message["Subject"] = f"[haven] {what}{about}"
         message["Date"] = format_datetime(now)
         domain = sender.rsplit("@", 1)[-1].strip("<> ") or "haven.invalid"
         message["Message-ID"] = f"<{self.id}@{domain}>"  # the same on every retry
         message[DELIVERY_HEADER] = self.id
         message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no auto-replies, please
+        request = f"Request: {self.request_id}\n" if self.request_id else ""
         message.set_content(
-            f"What:    {what}\n"
-            f"Request: {self.request_id}\n"
+            f"What:    {what}\n{request}"
             f"Open it: {self.link}\n\n"
             "Sign in to read the case; this message carries no case details.\n"
         )

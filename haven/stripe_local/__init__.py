@@ -35,7 +35,8 @@ Control API (not Stripe's; JSON bodies, no auth, loopback only). The same operat
 
     POST   /_control/accounts           {"id"?, "country"?, "default_currency"?, "transfers_enabled"?}
     GET    /_control/balance; POST {"amount", "currency"}    top up the platform balance
-    GET    /_control/transfers          {"count", "data": every transfer, oldest first}
+    GET    /_control/transfers          {"count", "data": every transfer, oldest first, each
+                                         with `_created_at_precise` (unix seconds, float)}
     POST   /_control/transfers/{id}/reverse  {"amount"?}    a reversal made outside the API
     POST   /_control/faults             {"kind", "method"="POST", "path"="/v1/transfers",
                                          "status"=500, "seconds"=0, "times"=1, "code"?, "message"?}
@@ -60,7 +61,7 @@ Mode "async" sends from a background thread as soon as the event exists (it may 
 the API answer), "sync" sends before the API call answers, "hold" only stores events.
 
 Run it alone: `python -m haven.stripe_local --port 12111` (prints URL and API key; seeds
-`acct_dev_payee` and a balance in EUR, USD and GBP).
+`acct_devpayee` and a balance in EUR, USD and GBP).
 """
 
 from __future__ import annotations
@@ -99,6 +100,11 @@ class LocalStripe:
         if self._socket is None:
             raise RuntimeError("LocalStripe is not started")
         return self._socket.getsockname()[1]
+
+    @property
+    def running(self) -> bool:
+        """Started, and its server thread has not stopped."""
+        return self._thread is not None and self._thread.is_alive()
 
     @property
     def url(self) -> str:

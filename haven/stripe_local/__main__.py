@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"webhooks:            {args.webhook_url} (secret {args.webhook_secret})",
               flush=True)
     if not args.no_seed:
-        print("seeded:              acct_dev_payee; balance EUR/USD/GBP 1,000,000.00 each",
+        print("seeded:              acct_devpayee; balance EUR/USD/GBP 1,000,000.00 each",
               flush=True)
 
     stop = threading.Event()

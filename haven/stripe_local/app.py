@@ -188,7 +188,8 @@ def create_app(state: LocalStripeState) -> Any:
         return JSONResponse(state.top_up(int(b["amount"]), b["currency"]))
 
     async def control_transfers(request: Request) -> Response:
-        transfers = state.transfers()
+        transfers = [{**t, "_created_at_precise": state.created_at_precise(t["id"])}
+                     for t in state.transfers()]
         return JSONResponse({"count": len(transfers), "data": transfers})
 
     async def control_faults(request: Request) -> Response:

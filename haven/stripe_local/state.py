@@ -134,6 +134,7 @@ class LocalStripeState:
         self.accounts: dict[str, dict] = {}
         self.balances: dict[str, int] = {}
         self._transfers: dict[str, dict] = {}  # insertion order = creation order
+        self._created_precise: dict[str, float] = {}  # transfer id -> time.time() at creation
         self._events: dict[str, dict] = {}
         self._idempotency: dict[tuple[str, str], _Stored] = {}
         self._faults: list[Fault] = []
@@ -147,8 +148,9 @@ class LocalStripeState:
             self._reset_locked()
 
     def seed_dev(self) -> None:
-        """The dev seed: connected account `acct_dev_payee`, platform balance in EUR/USD/GBP."""
-        self.create_account("acct_dev_payee")
+        """The dev seed: connected account `acct_devpayee` (letters and digits after `acct_`, as
+        Stripe's ids and haven's payee validation have it), platform balance in EUR/USD/GBP."""
+        self.create_account("acct_devpayee")
         for currency in ("eur", "usd", "gbp"):
             self.top_up(100_000_000, currency)  # 1,000,000.00 each
 
@@ -206,6 +208,12 @@ class LocalStripeState:
         with self._lock:
             return [json.loads(json.dumps(t)) for t in self._transfers.values()]
 
+    def created_at_precise(self, transfer_id: str) -> float | None:
+        """When the transfer was made, as `time.time()` (not Stripe's: `created` is whole
+        seconds); the control listing shows it as `_created_at_precise`, for benchmarks."""
+        with self._lock:
+            return self._created_precise.get(transfer_id)
+
     def transfer_count(self) -> int:
         with self._lock:
             return len(self._transfers)
@@ -261,6 +269,7 @@ class LocalStripeState:
                 "transfer_group": params.get("transfer_group") or None,
             }
             self._transfers[transfer_id] = transfer
+            self._created_precise[transfer_id] = time.time()
             return self.get_transfer(transfer_id), [self._event("transfer.created", transfer)]
 
     def reverse_transfer(self, transfer_id: str, params: dict[str, Any] | None = None
