@@ -24,11 +24,11 @@ from haven.reconciliation import (
     Finding,
     LedgerPayment,
     ReconciliationSummary,
-    Transfer,
     compare,
     day_bounds,
     references_to_look_up,
 )
+from haven.stripe_transfers import Transfer
 from haven.reconciliation_runs import DONE, FINANCE, fail_run, new_run_row, open_run, report_link
 
 log = structlog.get_logger("haven.reconciliation")

@@ -18,6 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from haven.case_events import PAYMENT_REFUSED, DisbursementStarted, PaymentInstruction
 from haven.settings import Settings
+from haven.stripe_transfers import tranche_paid_by, transfer_metadata
 
 # Stripe refused the transfer itself (no such account, insufficient balance, an invalid request):
 # nothing was paid and retrying cannot help, so the payment fails and finance decides. Everything
@@ -55,8 +56,7 @@ class StripeRail:
             "currency": instruction.amount.currency.lower(),
             "destination": account,
             "transfer_group": instruction.request_id,
-            # Ids only: Stripe is a third party and sees nothing about the defender or the case.
-            "metadata": {"request_id": instruction.request_id, "tranche": str(instruction.tranche)},
+            "metadata": transfer_metadata(instruction.request_id, instruction.tranche),
         }
         try:
             made_before = await self._transfer_made_before(instruction)
@@ -75,6 +75,7 @@ class StripeRail:
         for one already made for this tranche, so a late retry can never pay twice."""
         made = await self.client.v1.transfers.list_async({"transfer_group": instruction.request_id, "limit": 100})
         for transfer in made.data:
-            if (transfer.metadata.to_dict() if transfer.metadata else {}).get("tranche") == str(instruction.tranche):
+            paid = tranche_paid_by(transfer.metadata.to_dict() if transfer.metadata else None)
+            if paid == (instruction.request_id, instruction.tranche):
                 return transfer.id
         return None

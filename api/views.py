@@ -53,7 +53,7 @@ class PaymentView(BaseModel):
     tranche: int
     rail: str
     amount: Money
-    status: str
+    status: str = Field(description="pending, paid, failed, cancelled, or reversed (paid, then all of it came back)")
     attempts: int
     reference: str | None
     paid_on: date | None
@@ -160,7 +160,8 @@ def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
                 tranche=p.tranche,
                 rail=p.rail,
                 amount=Money(minor_units=p.amount_minor, currency=p.currency),
-                status=p.status,
+                # Reversed in full: the money came back, whatever the lifecycle recorded.
+                status="reversed" if p.status == "paid" and p.reversed_minor >= p.amount_minor else p.status,
                 attempts=p.attempts,
                 reference=p.reference,
                 paid_on=p.paid_on,

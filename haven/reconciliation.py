@@ -9,7 +9,7 @@ day's is fetched by id before it is called missing (`references_to_look_up`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from enum import StrEnum
@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from haven.grant_request import PaymentRail, Strict
+from haven.stripe_transfers import Transfer
 
 # Finance can reconcile a past day on demand, back to this many days (Stripe keeps transfers for
 # longer; older questions are an audit's, not a reconciliation's).
@@ -84,36 +85,6 @@ def day_bounds(day: date) -> tuple[datetime, datetime]:
 
 
 # --- the two sides --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Transfer:
-    """A Stripe transfer as reconciliation reads it; the currency upper-case, as in the ledger."""
-
-    id: str
-    amount_minor: int
-    currency: str
-    created: datetime
-    reversed_minor: int = 0
-    request_id: str | None = None
-    tranche: int | None = None
-
-    @classmethod
-    def from_stripe(cls, transfer: Mapping[str, Any]) -> Transfer:
-        """From Stripe's JSON shape. The metadata is ours (request id and tranche) when well formed;
-        anything else, or none, leaves the transfer unattributed."""
-        metadata = transfer.get("metadata") or {}
-        request_id, tranche = metadata.get("request_id"), str(metadata.get("tranche", ""))
-        ours = isinstance(request_id, str) and bool(request_id) and tranche.isdigit()
-        return cls(
-            id=str(transfer["id"]),
-            amount_minor=int(transfer["amount"]),
-            currency=str(transfer["currency"]).upper(),
-            created=datetime.fromtimestamp(int(transfer["created"]), tz=timezone.utc),
-            reversed_minor=int(transfer.get("amount_reversed") or 0),
-            request_id=request_id if ours else None,
-            tranche=int(tranche) if ours else None,
-        )
 
 
 @dataclass(frozen=True)

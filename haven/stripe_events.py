@@ -14,6 +14,7 @@ import stripe
 
 from haven.case_events import TransferNotice
 from haven.money import Money
+from haven.stripe_transfers import Transfer
 
 TRANSFER_CREATED = "transfer.created"
 TRANSFER_REVERSED = "transfer.reversed"
@@ -24,7 +25,6 @@ SIGNATURE_TOLERANCE_SECONDS = 300
 
 _EVENT_ID = re.compile(r"^evt_[A-Za-z0-9]{1,200}$")
 _TRANSFER_ID = re.compile(r"^tr_[A-Za-z0-9]{1,200}$")
-_REQUEST_ID = re.compile(r"^gr_[0-9a-f]{1,36}$")
 
 
 class UnverifiedEvent(ValueError):
@@ -57,17 +57,14 @@ def transfer_notice(event: dict[str, Any]) -> TransferNotice | None:
 
 
 def _notice(event: dict[str, Any], transfer: dict[str, Any]) -> TransferNotice:
-    metadata = transfer.get("metadata") or {}
-    request_id = metadata.get("request_id")
-    tranche = str(metadata.get("tranche", ""))
-    ours = isinstance(request_id, str) and _REQUEST_ID.match(request_id) and tranche.isdigit()
+    read = Transfer.from_stripe(transfer)
     return TransferNotice(
         event_id=event["id"],
         event_type=event["type"],
         created=datetime.fromtimestamp(int(event.get("created", 0)), tz=timezone.utc),
-        transfer_id=transfer["id"],
-        request_id=request_id if ours else None,
-        tranche=int(tranche) if ours else None,
-        amount=Money(minor_units=int(transfer["amount"]), currency=str(transfer["currency"]).upper()),
-        amount_reversed_minor=int(transfer.get("amount_reversed") or 0),
+        transfer_id=read.id,
+        request_id=read.request_id,
+        tranche=read.tranche,
+        amount=Money(minor_units=read.amount_minor, currency=read.currency),
+        amount_reversed_minor=read.reversed_minor,
     )

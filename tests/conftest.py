@@ -18,6 +18,7 @@ from haven.db.migrate import upgrade_async
 from haven.db.models import Organisation
 from haven.intake import record_policy_version
 from haven.settings import REPO_ROOT, Settings
+from haven.stripe_local import LocalStripe
 from haven.temporal import DATA_CONVERTER
 from policies import load_policy
 
@@ -115,6 +116,15 @@ async def sqlite_db(tmp_path, default_policy) -> AsyncIterator[Database]:
     database = await prepare_database(f"sqlite+aiosqlite:///{tmp_path / 'haven.db'}", default_policy)
     yield database
     await database.dispose()
+
+
+@pytest.fixture
+def local_stripe():
+    """The local Stripe-compatible server, with the connected account `acct_payee1` and a balance."""
+    with LocalStripe() as server:
+        server.control.create_account("acct_payee1")
+        server.control.top_up(10_000_000, "eur")
+        yield server
 
 
 @pytest.fixture

@@ -29,13 +29,13 @@ from haven.reconciliation import (
     FindingKind,
     LedgerPayment,
     ReconciliationOrder,
-    Transfer,
     compare,
     references_to_look_up,
     refusal_of_day,
 )
 from haven.schedules import RECONCILIATION_HOUR_UTC, RECONCILIATION_SCHEDULE, ensure_schedules
 from haven.stripe_local import LocalStripe
+from haven.stripe_transfers import Transfer
 from haven.temporal import DATA_CONVERTER
 from haven.worker import build_worker
 from tests.api_harness import assert_problem, stored_counts
@@ -172,14 +172,6 @@ def test_which_days_can_be_reconciled_and_which_day_the_schedule_takes():
 
 
 # --- the workflow and its activities against the local Stripe server --------------------------
-
-
-@pytest.fixture
-def local_stripe():
-    with LocalStripe() as server:
-        server.control.create_account("acct_payee1")
-        server.control.top_up(10_000_000, "eur")
-        yield server
 
 
 def stripe_settings(server: LocalStripe) -> dict:

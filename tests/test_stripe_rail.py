@@ -22,14 +22,6 @@ from tests.harness import Harness, caseworker
 PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_payee1"}
 
 
-@pytest.fixture
-def local_stripe():
-    with LocalStripe() as server:
-        server.control.create_account("acct_payee1")
-        server.control.top_up(10_000_000, "eur")
-        yield server
-
-
 def _rail(server: LocalStripe, tmp_path, **settings) -> StripeRail:
     values = {"stripe_api_key": server.api_key, "stripe_api_base": server.url, "stripe_timeout_seconds": 2.0, **settings}
     return StripeRail(stripe_client(make_settings(tmp_path, "sqlite://", **values)))

@@ -140,25 +140,23 @@ async def served(app, port: int):
 
 
 @pytest.fixture
-async def stack(time_skipping_env, db, tmp_path):
-    with LocalStripe() as stripe_server:
-        stripe_server.control.create_account("acct_payee1")
-        stripe_server.control.top_up(10_000_000, "eur")
-        settings = make_settings(
-            tmp_path,
-            db.url,
-            stripe_api_key=stripe_server.api_key,
-            stripe_api_base=stripe_server.url,
-            stripe_webhook_secret=SECRET,
-            stripe_timeout_seconds=2.0,
-        )
-        port = free_port()
-        stripe_server.control.register_webhook(f"http://127.0.0.1:{port}/v1/webhooks/stripe", SECRET, mode="async")
-        app = create_app(settings, db=db, client=time_skipping_env.client)
-        async with build_worker(time_skipping_env.client, db, settings), app.router.lifespan_context(app):
-            async with served(app, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
-                yield Stack(http, stripe_server, app, db)
-                await asyncio.to_thread(stripe_server.control.wait_for_deliveries, 5)
+async def stack(time_skipping_env, db, tmp_path, local_stripe):
+    stripe_server = local_stripe
+    settings = make_settings(
+        tmp_path,
+        db.url,
+        stripe_api_key=stripe_server.api_key,
+        stripe_api_base=stripe_server.url,
+        stripe_webhook_secret=SECRET,
+        stripe_timeout_seconds=2.0,
+    )
+    port = free_port()
+    stripe_server.control.register_webhook(f"http://127.0.0.1:{port}/v1/webhooks/stripe", SECRET, mode="async")
+    app = create_app(settings, db=db, client=time_skipping_env.client)
+    async with build_worker(time_skipping_env.client, db, settings), app.router.lifespan_context(app):
+        async with served(app, port), httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            yield Stack(http, stripe_server, app, db)
+            await asyncio.to_thread(stripe_server.control.wait_for_deliveries, 5)
 
 
 def _signed(event: dict, *, timestamp: int | None = None, secret: str = SECRET) -> tuple[str, str]:
@@ -232,7 +230,7 @@ async def test_a_reversal_corrects_the_ledger_and_tells_finance_in_any_order(sta
     assert all(f["transfer_id"] == transfer["id"] and f["stripe_event"] for f in reversals)
     assert ("payment_reversed", "finance") in await stack.notifications(request_id)
     view = await stack.until(request_id, lambda r: r["payments"][0]["reversed_minor"] == AMOUNT)
-    assert view["status"] == "follow_up"
+    assert view["status"] == "follow_up" and view["payments"][0]["status"] == "reversed"
     state = await stack.app.state.services.client.get_workflow_handle(request_id).query(GrantRequestWorkflow.state)
     assert state.tranches[0].reversed_minor == AMOUNT
 
@@ -307,45 +305,45 @@ async def test_without_a_webhook_secret_events_are_not_accepted(api):
     assert response.json()["type"] == "urn:haven:problem:not-configured"
 
 
-async def test_a_worker_killed_during_the_transfer_call_pays_exactly_once(time_skipping_env, sqlite_db, tmp_path, default_policy):
+async def test_a_worker_killed_during_the_transfer_call_pays_exactly_once(
+    time_skipping_env, sqlite_db, tmp_path, default_policy, local_stripe
+):
     """`kill -9` of the worker while Stripe is making the transfer: the activity is retried by
     another worker, which finds the transfer instead of making a second one."""
-    with LocalStripe() as stripe_server:
-        stripe_server.control.create_account("acct_payee1")
-        stripe_server.control.top_up(10_000_000, "eur")
-        settings = make_settings(
-            tmp_path, sqlite_db.url, stripe_api_key=stripe_server.api_key, stripe_api_base=stripe_server.url
-        )
-        env = {
-            **os.environ,
-            **{f"HAVEN_{name.upper()}": str(getattr(settings, name)) for name in (
-                "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key")},
-            "HAVEN_TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
-        }  # fmt: skip
-        # Stripe takes 3 s over the transfer; it is made even though the caller is gone by then.
-        stripe_server.control.inject_fault("delay", seconds=3)
-        worker = subprocess.Popen([sys.executable, "-m", "tests.payment_worker"], env=env, cwd=REPO_ROOT)
-        try:
-            intake = Intake(sqlite_db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
-            harness = Harness(time_skipping_env, intake, sqlite_db)
-            handle = await harness.submit(payee=PAYEE)
-            await harness.until(handle, Status.AWAITING_DECISION, timeout=30)
-            await harness.approve(handle, caseworker(1), AMOUNT)
-            deadline = time.monotonic() + 20
-            while stripe_server.control.faults():  # the transfer call has reached Stripe
-                assert time.monotonic() < deadline, "the transfer call never reached Stripe"
-                await asyncio.sleep(0.01)
-        finally:
-            worker.kill()
-            worker.wait()
-        deadline = time.monotonic() + 10
-        while stripe_server.control.transfer_count() == 0:
-            assert time.monotonic() < deadline, "Stripe never made the transfer"
-            await asyncio.sleep(0.05)
-        async with build_worker(time_skipping_env.client, sqlite_db, settings):
-            # The dead worker's attempt stops heartbeating and times out; the retry runs here.
-            await harness.until_recorded(handle.id, Status.FOLLOW_UP, timeout=30)
-            (payment,) = await harness.payments(handle.id)
-        (transfer,) = stripe_server.control.transfers()
-        assert (payment.status, payment.reference, payment.amount_minor) == ("paid", transfer["id"], transfer["amount"])
-        assert payment.attempts == 1  # one payment attempt of the workflow; Temporal retried the call
+    stripe_server = local_stripe
+    settings = make_settings(
+        tmp_path, sqlite_db.url, stripe_api_key=stripe_server.api_key, stripe_api_base=stripe_server.url
+    )
+    env = {
+        **os.environ,
+        **{f"HAVEN_{name.upper()}": str(getattr(settings, name)) for name in (
+            "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key")},
+        "HAVEN_TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
+    }  # fmt: skip
+    # Stripe takes 3 s over the transfer; it is made even though the caller is gone by then.
+    stripe_server.control.inject_fault("delay", seconds=3)
+    worker = subprocess.Popen([sys.executable, "-m", "tests.payment_worker"], env=env, cwd=REPO_ROOT)
+    try:
+        intake = Intake(sqlite_db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
+        harness = Harness(time_skipping_env, intake, sqlite_db)
+        handle = await harness.submit(payee=PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION, timeout=30)
+        await harness.approve(handle, caseworker(1), AMOUNT)
+        deadline = time.monotonic() + 20
+        while stripe_server.control.faults():  # the transfer call has reached Stripe
+            assert time.monotonic() < deadline, "the transfer call never reached Stripe"
+            await asyncio.sleep(0.01)
+    finally:
+        worker.kill()
+        worker.wait()
+    deadline = time.monotonic() + 10
+    while stripe_server.control.transfer_count() == 0:
+        assert time.monotonic() < deadline, "Stripe never made the transfer"
+        await asyncio.sleep(0.05)
+    async with build_worker(time_skipping_env.client, sqlite_db, settings):
+        # The dead worker's attempt stops heartbeating and times out; the retry runs here.
+        await harness.until_recorded(handle.id, Status.FOLLOW_UP, timeout=30)
+        (payment,) = await harness.payments(handle.id)
+    (transfer,) = stripe_server.control.transfers()
+    assert (payment.status, payment.reference, payment.amount_minor) == ("paid", transfer["id"], transfer["amount"])
+    assert payment.attempts == 1  # one payment attempt of the workflow; Temporal retried the call
