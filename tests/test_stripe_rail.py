@@ -114,12 +114,15 @@ async def test_after_a_refusal_is_fixed_the_retry_pays(local_stripe, tmp_path):
     assert paid.outcome == "completed" and local_stripe.control.transfer_count() == 1
 
 
-async def test_a_grant_is_paid_through_stripe_end_to_end(local_stripe, time_skipping_env, db, tmp_path, default_policy):
-    settings = make_settings(tmp_path, db.url, stripe_api_key=local_stripe.api_key, stripe_api_base=local_stripe.url)
-    # The response to the first transfer call is lost after the transfer was made.
-    local_stripe.control.inject_fault("drop_after_commit")
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
-    harness = Harness(time_skipping_env, intake, db)
+@pytest.mark.parametrize("fault", ["drop_after_commit", "error-500", "error-429"])
+async def test_a_grant_is_paid_through_stripe_end_to_end(local_stripe, time_skipping_env, db, tmp_path, default_policy, fault):
+    """The first transfer call fails (the answer lost after the transfer was made, or a 500 or 429
+    before it): the workflow's retry ends with exactly one transfer and a ledger that matches."""
+    if fault.startswith("error"):
+        local_stripe.control.inject_fault("error", status=int(fault.split("-")[1]))
+    else:
+        local_stripe.control.inject_fault(fault)
+    harness, settings = _harness(local_stripe, time_skipping_env, db, tmp_path, default_policy)
     async with build_worker(time_skipping_env.client, db, settings):
         handle = await harness.submit(payee=PAYEE)
         await harness.until(handle, Status.AWAITING_DECISION)
@@ -129,3 +132,23 @@ async def test_a_grant_is_paid_through_stripe_end_to_end(local_stripe, time_skip
     (transfer,) = local_stripe.control.transfers()
     assert (payment.status, payment.reference, payment.amount_minor) == ("paid", transfer["id"], transfer["amount"])
     assert transfer["metadata"]["request_id"] == handle.id
+
+
+async def test_a_refusal_by_stripe_releases_the_budget(local_stripe, time_skipping_env, db, tmp_path, default_policy):
+    local_stripe.control.top_up(-local_stripe.control.balance("eur"), "eur")
+    harness, settings = _harness(local_stripe, time_skipping_env, db, tmp_path, default_policy)
+    async with build_worker(time_skipping_env.client, db, settings):
+        handle = await harness.submit(payee=PAYEE)
+        await harness.until(handle, Status.AWAITING_DECISION)
+        await harness.approve(handle, caseworker(1), 150_000)
+        await harness.until(handle, Status.PAYMENT_FAILED)
+        (payment,) = await harness.payments(handle.id)
+        (reservation,) = await harness.reservations(handle.id)
+    assert payment.status == "failed" and "balance_insufficient" in payment.failure_reason
+    assert reservation.status == "released" and local_stripe.control.transfer_count() == 0
+
+
+def _harness(local_stripe, time_skipping_env, db, tmp_path, default_policy):
+    settings = make_settings(tmp_path, db.url, stripe_api_key=local_stripe.api_key, stripe_api_base=local_stripe.url)
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
+    return Harness(time_skipping_env, intake, db), settings
