@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from haven.lifecycle import Action, Status
 from haven.money import Money, PositiveMoney
@@ -72,6 +73,16 @@ def _tidy_text(value: str) -> str:
 def _text(max_length: int) -> Any:
     return Annotated[str, StringConstraints(min_length=1, max_length=max_length), AfterValidator(_tidy_text)]
 
+
+def _calendar_date(value: Any) -> Any:
+    # Pydantic would also read a number as a Unix timestamp; a day in this API is written as one.
+    if isinstance(value, date) or (isinstance(value, str) and _ISO_DATE.fullmatch(value)):
+        return value
+    raise ValueError("must be a date written YYYY-MM-DD")
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+CalendarDate = Annotated[date, BeforeValidator(_calendar_date)]
 
 ShortText = _text(200)
 LongText = _text(4000)
@@ -240,7 +251,7 @@ class ManualPaymentInput(Strict):
 
     amount: Money
     reference: Reference = Field(description="The bank transfer's reference.")
-    paid_on: date
+    paid_on: CalendarDate
 
 
 class ManualPaymentRecord(ManualPaymentInput, Acting):

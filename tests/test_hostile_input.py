@@ -94,3 +94,15 @@ async def test_an_unknown_currency_is_refused_by_the_policy(api: Api):
     body = assert_problem(await api.submit(_with("amount.currency", "ZZZ")), 422, "intake-policy")
     assert body["errors"][0]["field"] == "amount.currency"
     assert await api.counts() == before
+
+
+async def test_a_number_is_not_taken_for_a_date(api):
+    """Pydantic would read 0 or 1.5e9 as a Unix timestamp; dates here are written as dates."""
+    finance = api.token("finance", "fin-1")
+    for day in ("0", "1764028800", "2.2873447934077084e-234", "24/11/2026"):
+        response = await api.http.get("/v1/reconciliations", params={"day": day}, headers=finance)
+        assert_problem(response, 422, "validation-error")
+    for paid_on in (0, 1764028800, "2026-11-24T10:00:00"):
+        body = {"amount": {"minor_units": 1, "currency": "EUR"}, "reference": "SEPA-1", "paid_on": paid_on}
+        response = await api.http.post("/v1/grant-requests/gr_none/payments", json=body, headers=finance)
+        assert_problem(response, 422, "validation-error")

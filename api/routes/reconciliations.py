@@ -13,7 +13,7 @@ from temporalio.service import RPCError
 
 from haven.db import utcnow
 from haven.db.models import ReconciliationFinding, ReconciliationRun
-from haven.grant_request import Actor, PaymentRail, Strict
+from haven.grant_request import Actor, CalendarDate, PaymentRail, Strict
 from haven.reconciliation import RECONCILABLE_DAYS, FindingKind, ReconciliationOrder, refusal_of_day
 from haven.reconciliation_runs import UnknownCursor, fail_run, list_runs, open_run, run_report
 from api.permissions import Operation, require
@@ -54,7 +54,7 @@ FINDING_EXAMPLE = {
 class ReconciliationInput(Strict):
     model_config = ConfigDict(json_schema_extra={"examples": [{"day": "2026-11-24"}]})
 
-    day: date = Field(
+    day: CalendarDate = Field(
         description=f"The UTC day whose Stripe transfers to reconcile: not in the future, at most {RECONCILABLE_DAYS} days back."
     )
 
@@ -142,7 +142,7 @@ async def start_reconciliation(
 async def list_reconciliations(
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.READ_RECONCILIATION))],
-    day: Annotated[date | None, Query(description="only the runs of this day")] = None,
+    day: Annotated[CalendarDate | None, Query(description="only the runs of this day")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100, description="`next_cursor` from the previous page")] = None,
 ) -> ReconciliationPage:
