@@ -14,7 +14,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from haven.db import Database, utcnow
-from haven.db.migrate import upgrade_async
+from haven.db.migrate import upgrade, upgrade_async
 from haven.db.models import Organisation
 from haven.intake import record_policy_version
 from haven.settings import REPO_ROOT, Settings
@@ -57,8 +57,11 @@ def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
     return Settings(**{**values, **overrides})
 
 
-async def prepare_database(url: str, policy) -> Database:
-    await upgrade_async(url)
+async def prepare_database(url: str, policy, *, migrated: bool = False) -> Database:
+    """A database at the newest schema with the policy and the test organisations. `migrated`: it
+    was copied from a migrated template, so the migrations need not run again."""
+    if not migrated:
+        await upgrade_async(url)
     db = Database(url)
     await record_policy_version(db, policy)
     async with db.transaction() as session:
@@ -85,35 +88,66 @@ def postgres_server_url() -> str:
     return POSTGRES_URL
 
 
-@pytest.fixture
-def postgres_database(postgres_server_url):
-    """A fresh, empty PostgreSQL database for one test, dropped afterwards."""
-    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+def _postgres_url(server_url: str, name: str) -> str:
+    base = server_url.rsplit("/", 1)[0]
+    return f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+
+
+# Migrations run once per session, into a template; each test gets a copy (a file copy for SQLite,
+# CREATE DATABASE … TEMPLATE for PostgreSQL), which takes milliseconds instead of half a second.
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "haven.db"
+    upgrade(f"sqlite+aiosqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_template(postgres_server_url):
+    name = f"haven_template_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    base = postgres_server_url.rsplit("/", 1)[0]
-    yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    upgrade(_postgres_url(postgres_server_url, name))
+    yield name
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_database(postgres_server_url, postgres_template):
+    """A fresh PostgreSQL database at the newest schema for one test, dropped afterwards."""
+    name = f"haven_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{postgres_template}"')
+    yield _postgres_url(postgres_server_url, name)
+    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def sqlite_database(tmp_path, sqlite_template) -> str:
+    path = tmp_path / "haven.db"
+    shutil.copyfile(sqlite_template, path)
+    return f"sqlite+aiosqlite:///{path}"
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path / 'haven.db'}"
-    return request.getfixturevalue("postgres_database")
+def database_url(request) -> str:
+    return request.getfixturevalue("sqlite_database" if request.param == "sqlite" else "postgres_database")
 
 
 @pytest.fixture
 async def db(database_url, default_policy) -> AsyncIterator[Database]:
-    database = await prepare_database(database_url, default_policy)
+    database = await prepare_database(database_url, default_policy, migrated=True)
     yield database
     await database.dispose()
 
 
 @pytest.fixture
-async def sqlite_db(tmp_path, default_policy) -> AsyncIterator[Database]:
-    database = await prepare_database(f"sqlite+aiosqlite:///{tmp_path / 'haven.db'}", default_policy)
+async def sqlite_db(sqlite_database, default_policy) -> AsyncIterator[Database]:
+    database = await prepare_database(sqlite_database, default_policy, migrated=True)
     yield database
     await database.dispose()
 
