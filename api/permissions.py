@@ -40,6 +40,11 @@ class Operation(StrEnum):
     ROTATE_WEBHOOK_SECRET = "rotate an organisation's webhook secret"
     RECONCILE = "reconcile a day's Stripe transfers with the ledger"
     READ_RECONCILIATION = "read reconciliation reports"
+    READ_BUDGET = "read budget allocations and balances"
+    MANAGE_BUDGET = "set a category's budget allocation for a period"
+    EXPORT = "export the ledger or the audit log"
+    READ_SUMMARY = "read the fund's totals and open commitments"
+    VERIFY_AUDIT = "verify the audit log's hash chain"
 
 
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
@@ -64,6 +69,11 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.ROTATE_WEBHOOK_SECRET: frozenset({R.ADMIN}),
     Operation.RECONCILE: frozenset({R.FINANCE}),
     Operation.READ_RECONCILIATION: frozenset({R.FINANCE, R.DIRECTOR}),
+    Operation.READ_BUDGET: frozenset({R.FINANCE, R.DIRECTOR}),
+    Operation.MANAGE_BUDGET: frozenset({R.FINANCE}),
+    Operation.EXPORT: frozenset({R.FINANCE}),
+    Operation.READ_SUMMARY: frozenset({R.FINANCE, R.DIRECTOR}),
+    Operation.VERIFY_AUDIT: frozenset({R.FINANCE, R.DIRECTOR, R.ADMIN}),
 }
 
 # Intermediaries see and act on their own organisation's requests only.

@@ -149,10 +149,14 @@ class GrantRequestRecord(Base):
 
 
 class AuditEvent(Base):
-    """Append-only record of every state change and decision."""
+    """Append-only record of every state change and decision. Each event carries the hash of the
+    one before it (`chain_seq` orders the chain), so an altered, inserted or removed row shows."""
 
     __tablename__ = "audit_events"
-    __table_args__ = (UniqueConstraint("request_id", "seq", name="uq_audit_events_request_seq"),)
+    __table_args__ = (
+        UniqueConstraint("request_id", "seq", name="uq_audit_events_request_seq"),
+        UniqueConstraint("chain_seq", name="uq_audit_events_chain_seq"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str | None] = mapped_column(String(40), index=True)
@@ -165,6 +169,19 @@ class AuditEvent(Base):
     facts: Mapped[dict[str, Any]]
     occurred_at: Mapped[datetime]
     recorded_at: Mapped[datetime]
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The newest link of the audit chain: one row, locked by whoever appends an event."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
 
 
 class Decision(Base):
@@ -183,6 +200,52 @@ class Decision(Base):
     decided_at: Mapped[datetime]
 
 
+class BudgetAllocation(Base):
+    """What finance gives a category for a period (inclusive dates, never overlapping within a
+    category). The running totals change only with ledger entries, in the same transaction, under
+    this row's lock: that is what keeps concurrent reservations from overspending."""
+
+    __tablename__ = "budget_allocations"
+    __table_args__ = (UniqueConstraint("category", "starts_on", name="uq_budget_allocations_category_start"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "<category>:<starts_on>"
+    category: Mapped[str] = mapped_column(String(32))
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    amount_base_minor: Mapped[int] = mapped_column(BigInteger)
+    reserved_base_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    paid_base_minor: Mapped[int] = mapped_column(BigInteger, default=0)
+    set_by: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+
+
+class LedgerEntry(Base):
+    """The fund ledger, append-only: each entry moves base-currency money between an allocation's
+    buckets (available, reserved, paid), keeping the original amount and the pinned rate beside it.
+    `entry_key` makes each write happen once however often an activity is retried."""
+
+    __tablename__ = "ledger_entries"
+    __table_args__ = (Index("ix_ledger_entries_occurred", "occurred_at", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    entry_key: Mapped[str] = mapped_column(String(200), unique=True)
+    allocation_id: Mapped[str] = mapped_column(ForeignKey("budget_allocations.id"), index=True)
+    category: Mapped[str] = mapped_column(String(32))
+    # allocation (± available) | reservation (available -> reserved) | release (reserved -> available)
+    # | payment (reserved -> paid) | reversal, refund (paid -> available)
+    kind: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    tranche: Mapped[int | None] = mapped_column(Integer)
+    amount_base_minor: Mapped[int] = mapped_column(BigInteger)  # signed only for allocation changes
+    amount_minor: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    rate_to_base: Mapped[str] = mapped_column(String(40))  # the pinned policy's rate, as a decimal string
+    actor: Mapped[str] = mapped_column(String(200))
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+
+
 class BudgetReservation(Base):
     """Money set aside at approval; released (in part or whole) if it will not be paid."""
 
@@ -192,6 +255,7 @@ class BudgetReservation(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), index=True)
     number: Mapped[int] = mapped_column(Integer)
+    allocation_id: Mapped[str | None] = mapped_column(ForeignKey("budget_allocations.id"))
     category: Mapped[str] = mapped_column(String(32))
     amount_base_minor: Mapped[int] = mapped_column(BigInteger)
     released_base_minor: Mapped[int] = mapped_column(BigInteger, default=0)

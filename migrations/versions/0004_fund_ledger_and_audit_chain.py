@@ -1,0 +1,92 @@
+"""ledger and audit chain
+
+Revision ID: 0004
+Revises: 0003
+Create Date: 2026-11-25 11:28:00.471874
+"""
+from alembic import op
+import sqlalchemy as sa
+
+
+revision = '0004'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table('audit_chain_head',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('seq', sa.BigInteger(), nullable=False),
+    sa.Column('hash', sa.String(length=64), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_audit_chain_head'))
+    )
+    op.create_table('budget_allocations',
+    sa.Column('id', sa.String(length=64), nullable=False),
+    sa.Column('category', sa.String(length=32), nullable=False),
+    sa.Column('starts_on', sa.Date(), nullable=False),
+    sa.Column('ends_on', sa.Date(), nullable=False),
+    sa.Column('amount_base_minor', sa.BigInteger(), nullable=False),
+    sa.Column('reserved_base_minor', sa.BigInteger(), nullable=False),
+    sa.Column('paid_base_minor', sa.BigInteger(), nullable=False),
+    sa.Column('set_by', sa.String(length=200), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_budget_allocations')),
+    sa.UniqueConstraint('category', 'starts_on', name='uq_budget_allocations_category_start')
+    )
+    op.create_table('ledger_entries',
+    sa.Column('id', sa.Integer(), autoincrement=True, nullable=False),
+    sa.Column('entry_key', sa.String(length=200), nullable=False),
+    sa.Column('allocation_id', sa.String(length=64), nullable=False),
+    sa.Column('category', sa.String(length=32), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('request_id', sa.String(length=40), nullable=True),
+    sa.Column('tranche', sa.Integer(), nullable=True),
+    sa.Column('amount_base_minor', sa.BigInteger(), nullable=False),
+    sa.Column('amount_minor', sa.BigInteger(), nullable=False),
+    sa.Column('currency', sa.String(length=3), nullable=False),
+    sa.Column('rate_to_base', sa.String(length=40), nullable=False),
+    sa.Column('actor', sa.String(length=200), nullable=False),
+    sa.Column('occurred_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('recorded_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['allocation_id'], ['budget_allocations.id'], name=op.f('fk_ledger_entries_allocation_id_budget_allocations')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_ledger_entries')),
+    sa.UniqueConstraint('entry_key', name=op.f('uq_ledger_entries_entry_key'))
+    )
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_ledger_entries_allocation_id'), ['allocation_id'], unique=False)
+        batch_op.create_index('ix_ledger_entries_occurred', ['occurred_at', 'id'], unique=False)
+        batch_op.create_index(batch_op.f('ix_ledger_entries_request_id'), ['request_id'], unique=False)
+
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('chain_seq', sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column('prev_hash', sa.String(length=64), nullable=True))
+        batch_op.add_column(sa.Column('hash', sa.String(length=64), nullable=True))
+        batch_op.create_unique_constraint('uq_audit_events_chain_seq', ['chain_seq'])
+
+    with op.batch_alter_table('budget_reservations', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('allocation_id', sa.String(length=64), nullable=True))
+        batch_op.create_foreign_key(batch_op.f('fk_budget_reservations_allocation_id_budget_allocations'), 'budget_allocations', ['allocation_id'], ['id'])
+
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('budget_reservations', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('fk_budget_reservations_allocation_id_budget_allocations'), type_='foreignkey')
+        batch_op.drop_column('allocation_id')
+
+    with op.batch_alter_table('audit_events', schema=None) as batch_op:
+        batch_op.drop_constraint('uq_audit_events_chain_seq', type_='unique')
+        batch_op.drop_column('hash')
+        batch_op.drop_column('prev_hash')
+        batch_op.drop_column('chain_seq')
+
+    with op.batch_alter_table('ledger_entries', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_request_id'))
+        batch_op.drop_index('ix_ledger_entries_occurred')
+        batch_op.drop_index(batch_op.f('ix_ledger_entries_allocation_id'))
+
+    op.drop_table('ledger_entries')
+    op.drop_table('budget_allocations')
+    op.drop_table('audit_chain_head')
