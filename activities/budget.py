@@ -1,14 +1,32 @@
-"""Budget reservations: money set aside before payment and released if it will not be paid."""
+"""Budget reservations: money set aside from the category's allocation before payment, and released
+if it will not be paid. Both are ledger movements (`haven.ledger`), keyed by request and number."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
-from haven.case_events import ReservationRelease, ReservationRequest
+from haven import ledger
+from haven.case_events import NO_FUNDS, ReservationRelease, ReservationRequest
 from haven.db import Database, utcnow
 from haven.db.models import BudgetReservation
+from haven.grant_request import SYSTEM
+
+
+def _movement(kind: str, order: ReservationRequest | ReservationRelease, amount_base_minor: int) -> ledger.Movement:
+    """The ledger movement of a reservation or its release, keyed by request and number."""
+    return ledger.Movement(
+        key=f"{order.request_id}:{kind}:{order.number}",
+        request_id=order.request_id,
+        tranche=None,
+        amount_base_minor=amount_base_minor,
+        amount=order.amount,
+        rate_to_base=order.rate_to_base,
+        actor=SYSTEM.subject,
+        at=order.at,
+    )
 
 
 class BudgetReservations:
@@ -17,6 +35,9 @@ class BudgetReservations:
 
     @activity.defn
     async def reserve_budget(self, request: ReservationRequest) -> None:
+        """Raises a non-retryable NoFunds error when the reservation does not fit: the workflow
+        then waits for funds (or a caseworker's decision) instead of paying."""
+        movement = _movement(ledger.RESERVATION, request, request.amount_base_minor)
         try:
             async with self.db.transaction() as session:
                 exists = await session.scalar(
@@ -24,18 +45,23 @@ class BudgetReservations:
                         BudgetReservation.request_id == request.request_id, BudgetReservation.number == request.number
                     )
                 )
-                if exists is None:
-                    session.add(
-                        BudgetReservation(
-                            request_id=request.request_id,
-                            number=request.number,
-                            category=request.category,
-                            amount_base_minor=request.amount_base_minor,
-                            released_base_minor=0,
-                            status="held",
-                            reserved_at=utcnow(),
-                        )
+                if exists is not None:
+                    return
+                allocation = await ledger.reserve(session, request.category, request.at.date(), movement)
+                session.add(
+                    BudgetReservation(
+                        request_id=request.request_id,
+                        number=request.number,
+                        allocation_id=allocation,
+                        category=request.category,
+                        amount_base_minor=request.amount_base_minor,
+                        released_base_minor=0,
+                        status="held",
+                        reserved_at=utcnow(),
                     )
+                )
+        except ledger.NoFunds as refusal:
+            raise ApplicationError(str(refusal), type=NO_FUNDS, non_retryable=True) from None
         except IntegrityError:
             pass  # the same reservation, written by a concurrent attempt of this activity
 
@@ -55,3 +81,6 @@ class BudgetReservations:
             reservation.released_base_minor = release.release_base_minor
             reservation.status = "released" if release.release_base_minor == reservation.amount_base_minor else "settled"
             reservation.closed_at = utcnow()
+            if reservation.allocation_id is not None:
+                movement = _movement(ledger.RELEASE, release, release.release_base_minor)
+                await ledger.release(session, reservation.allocation_id, movement)

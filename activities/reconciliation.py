@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from haven.audit import audit_entry
+from haven.audit_chain import append
 from haven.db import Database, utcnow
 from haven.db.models import Payment, ReconciliationFinding, ReconciliationRun
 from haven.grant_request import SYSTEM, PaymentRail
@@ -138,6 +139,7 @@ class StripeReconciliation:
                 if row.status == DONE:
                     return _summary(row)
                 now = utcnow()
+                audit = []
                 for finding in findings:
                     session.add(
                         ReconciliationFinding(
@@ -148,7 +150,7 @@ class StripeReconciliation:
                             detail=finding.detail, found_at=now,
                         )
                     )  # fmt: skip
-                    session.add(
+                    audit.append(
                         audit_entry(
                             SYSTEM, "reconciliation_mismatch", finding.request_id,
                             run_id=run.run_id, day=run.day.isoformat(), **finding.facts(),
@@ -168,6 +170,7 @@ class StripeReconciliation:
                 row.status, row.finished_at = DONE, now
                 row.transfers_seen, row.payments_seen, row.mismatches = transfers_seen, payments_seen, len(findings)
                 summary = _summary(row)
+                await append(session, *audit)  # last: it takes the audit chain's lock
         except IntegrityError:
             # Another attempt of this same run recorded it first (its findings are unique per run).
             done = await self._summary_if_done(run.run_id)

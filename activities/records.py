@@ -6,6 +6,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
+from haven import ledger
+from haven.audit_chain import append
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
 from haven.notifications.outbox import outbox_entry
@@ -47,28 +49,28 @@ class CaseRecords:
                     return False
                 self._write(session, event)
                 await self._project(session, event)
-                await session.flush()
+                await append(session, self._audit_event(event))  # last: it takes the chain's lock
         except IntegrityError:
             # A concurrent attempt of this same activity won the race and wrote it all.
             return False
         return True
 
-    def _write(self, session, event: CaseEvent) -> None:
-        now = utcnow()
-        session.add(
-            AuditEvent(
-                request_id=event.request_id,
-                seq=event.seq,
-                action=event.action,
-                actor=event.actor.subject,
-                roles=[str(r) for r in event.actor.roles],
-                status_from=event.status_from,
-                status_to=event.status_to,
-                facts=event.facts,
-                occurred_at=event.at,
-                recorded_at=now,
-            )
+    @staticmethod
+    def _audit_event(event: CaseEvent) -> AuditEvent:
+        return AuditEvent(
+            request_id=event.request_id,
+            seq=event.seq,
+            action=event.action,
+            actor=event.actor.subject,
+            roles=[str(r) for r in event.actor.roles],
+            status_from=event.status_from,
+            status_to=event.status_to,
+            facts=event.facts,
+            occurred_at=event.at,
+            recorded_at=utcnow(),
         )
+
+    def _write(self, session, event: CaseEvent) -> None:
         if event.decision is not None:
             amount = event.decision.amount
             session.add(
@@ -152,3 +154,5 @@ class CaseRecords:
                     updated_at=now,
                 )
             )
+            if p.status == "paid":
+                await ledger.record_payment(session, event.request_id, p.tranche, event.actor.subject, event.at)

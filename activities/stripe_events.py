@@ -7,7 +7,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
+from haven import ledger
 from haven.audit import audit_entry
+from haven.audit_chain import append
 from haven.case_events import TransferNotice
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Payment, StripeEvent
@@ -65,21 +67,12 @@ class StripeEvents:
             )
         if payment is None or notice.amount_reversed_minor <= payment.reversed_minor:
             return  # not a transfer of ours (reconciliation reports it), or nothing new
+        came_back = notice.amount_reversed_minor - payment.reversed_minor
         payment.reversed_minor = notice.amount_reversed_minor
         payment.reversed_at = notice.created
         payment.updated_at = utcnow()
-        session.add(
-            audit_entry(
-                STRIPE,
-                "payment_reversed",
-                payment.request_id,
-                tranche=payment.tranche,
-                transfer_id=notice.transfer_id,
-                amount_minor=payment.amount_minor,
-                reversed_minor=notice.amount_reversed_minor,
-                currency=payment.currency,
-                stripe_event=notice.event_id,
-            )
+        await ledger.record_given_back(
+            session, payment, ledger.REVERSAL, came_back, key=f"stripe:{notice.event_id}", actor=STRIPE.subject, at=notice.created
         )
         request = await session.get(GrantRequestRecord, payment.request_id)
         session.add(
@@ -91,4 +84,18 @@ class StripeEvents:
                 status=request.status if request is not None else None,
                 link=f"{self.public_base_url}/v1/grant-requests/{payment.request_id}",
             )
+        )
+        await append(  # last: it takes the audit chain's lock
+            session,
+            audit_entry(
+                STRIPE,
+                "payment_reversed",
+                payment.request_id,
+                tranche=payment.tranche,
+                transfer_id=notice.transfer_id,
+                amount_minor=payment.amount_minor,
+                reversed_minor=notice.amount_reversed_minor,
+                currency=payment.currency,
+                stripe_event=notice.event_id,
+            ),
         )

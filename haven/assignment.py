@@ -43,5 +43,5 @@ async def assign(db: Database, actor: Actor, request_id: str, assignee: str | No
         record.assigned_to = assignee
         record.assigned_at = utcnow() if assignee else None
         action = "assigned" if previous is None else ("unassigned" if assignee is None else "handed_over")
-        record_change(session, actor, action, request_id, previous=previous, assignee=assignee)
+        await record_change(session, actor, action, request_id, previous=previous, assignee=assignee)
     return record

@@ -1,5 +1,6 @@
 """Audit events that are not lifecycle steps: reads of a case's sensitive detail and changes made
-by administrators. Lifecycle steps are written by the workflow's `record_event` activity."""
+by administrators. Lifecycle steps are written by the workflow's `record_event` activity. Every
+event goes into the log through `haven.audit_chain.append`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from haven.audit_chain import append
 from haven.db import Database, utcnow
 from haven.db.models import AuditEvent
 from haven.grant_request import Actor
@@ -31,8 +33,9 @@ def audit_entry(actor: Actor, action: str, request_id: str | None = None, **fact
 async def record_case_read(db: Database, actor: Actor, request_id: str, view: str) -> None:
     """Written before the detail is returned: if it cannot be recorded, the detail is not shown."""
     async with db.transaction() as session:
-        session.add(audit_entry(actor, "case_read", request_id, view=view))
+        await append(session, audit_entry(actor, "case_read", request_id, view=view))
 
 
-def record_change(session: AsyncSession, actor: Actor, action: str, request_id: str | None = None, **facts: Any) -> None:
-    session.add(audit_entry(actor, action, request_id, **facts))
+async def record_change(session: AsyncSession, actor: Actor, action: str, request_id: str | None = None, **facts: Any) -> None:
+    """Audits a change in the transaction that makes it; call it last there (see `append`)."""
+    await append(session, audit_entry(actor, action, request_id, **facts))

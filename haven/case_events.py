@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from pydantic import Field, field_serializer
@@ -92,17 +93,30 @@ class CaseEvent(Strict):
 
 
 class ReservationRequest(Strict):
+    """Money to set aside from the category's allocation for the period holding `at`: the base
+    amount, and the original amount with the pinned rate beside it."""
+
     request_id: str
     number: int
     category: Category
     amount_base_minor: int
+    amount: Money
+    rate_to_base: Decimal
+    at: datetime
 
 
 class ReservationRelease(Strict):
     request_id: str
     number: int
     release_base_minor: int
+    amount: Money  # the original amount handed back
+    rate_to_base: Decimal
     reason: str
+    at: datetime
+
+
+# The error type `reserve_budget` raises (non-retryable) when the reservation does not fit.
+NO_FUNDS = "NoFunds"
 
 
 class PaymentInstruction(Strict):

@@ -18,9 +18,10 @@ from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+from haven.audit import record_change
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Organisation, PolicyRecord
-from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
+from haven.grant_request import SYSTEM, Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
 from haven.lifecycle import Status
 from policies import PolicyVersion
 from policies.rules import PolicyViolation, check_intake, to_base
@@ -59,7 +60,8 @@ def defender_ref(pseudonym: str, key: bytes) -> str:
 
 
 async def record_policy_version(db: Database, pinned: PolicyVersion) -> None:
-    """Stores the policy in force so requests pinned to it can always find it again."""
+    """Stores the policy in force so requests pinned to it can always find it again. A new version
+    is a policy change: audited with it."""
     try:
         async with db.transaction() as session:
             if await session.get(PolicyRecord, pinned.hash) is None:
@@ -71,6 +73,7 @@ async def record_policy_version(db: Database, pinned: PolicyVersion) -> None:
                         created_at=utcnow(),
                     )
                 )
+                await record_change(session, SYSTEM, "policy_version_recorded", hash=pinned.hash, name=pinned.policy.name)
     except IntegrityError:
         pass  # another process recorded it at the same moment
 

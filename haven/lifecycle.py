@@ -14,6 +14,7 @@ class Status(StrEnum):
     AWAITING_DECISION = "awaiting_decision"
     INFORMATION_REQUESTED = "information_requested"
     APPROVED = "approved"
+    AWAITING_FUNDS = "awaiting_funds"
     PAYMENT_PENDING = "payment_pending"
     PAYMENT_FAILED = "payment_failed"
     PAID = "paid"
@@ -53,9 +54,11 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     ),
     S.INFORMATION_REQUESTED: frozenset({S.AWAITING_DECISION, S.REJECTED, S.WITHDRAWN, S.EXPIRED}),
     # A rail may pay at once (a Stripe transfer) or refuse outright, without ever being pending.
-    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED}),
+    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.AWAITING_FUNDS}),
+    # The category's budget cannot take the reservation: it waits for funds or a caseworker.
+    S.AWAITING_FUNDS: frozenset({S.APPROVED, S.REJECTED, S.WITHDRAWN}),
     S.PAYMENT_PENDING: frozenset({S.PAID, S.PAYMENT_FAILED, S.WITHDRAWN}),
-    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.PAID, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP}),
+    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.PAID, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP, S.AWAITING_FUNDS}),
     S.PAID: frozenset({S.FOLLOW_UP}),
     S.FOLLOW_UP: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.CLOSED}),
     S.CLOSED: frozenset(),
@@ -68,7 +71,7 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
 # action never races the workflow's own automatic steps (screening, risk, reservation).
 ALLOWED_IN: dict[Action, frozenset[Status]] = {
     Action.APPROVE: frozenset({S.AWAITING_DECISION}),
-    Action.REJECT: frozenset({S.SCREENING_HOLD, S.AWAITING_DECISION, S.INFORMATION_REQUESTED}),
+    Action.REJECT: frozenset({S.SCREENING_HOLD, S.AWAITING_DECISION, S.INFORMATION_REQUESTED, S.AWAITING_FUNDS}),
     Action.REQUEST_INFORMATION: frozenset({S.AWAITING_DECISION}),
     Action.CLEAR_SCREENING: frozenset({S.SCREENING_HOLD}),
     Action.PROVIDE_INFORMATION: frozenset({S.INFORMATION_REQUESTED}),
@@ -79,7 +82,7 @@ ALLOWED_IN: dict[Action, frozenset[Status]] = {
     Action.SUBMIT_REPORT: frozenset({S.FOLLOW_UP}),
     Action.ACCEPT_REPORT: frozenset({S.FOLLOW_UP}),
     Action.WITHDRAW: frozenset(
-        {S.SCREENING_HOLD, S.AWAITING_DECISION, S.INFORMATION_REQUESTED, S.PAYMENT_PENDING, S.PAYMENT_FAILED}
+        {S.SCREENING_HOLD, S.AWAITING_DECISION, S.INFORMATION_REQUESTED, S.AWAITING_FUNDS, S.PAYMENT_PENDING, S.PAYMENT_FAILED}
     ),
 }
 

@@ -140,7 +140,7 @@ async def _save_organisation(db: Database, actor: Actor, organisation_id: str, d
         changed = sorted(
             field for field, old in before.items() if created or old != getattr(organisation, field)
         )
-        record_change(
+        await record_change(
             session,
             actor,
             "organisation_registered" if created else "organisation_updated",
@@ -161,5 +161,5 @@ async def rotate_webhook_secret(db: Database, actor: Actor, organisation_id: str
             raise NoWebhook(f"organisation {organisation_id} has no webhook URL")
         secret = organisation.webhook_secret = _new_secret()
         organisation.updated_at = utcnow()
-        record_change(session, actor, "webhook_secret_rotated", organisation=organisation_id)
+        await record_change(session, actor, "webhook_secret_rotated", organisation=organisation_id)
     return Saved(organisation, False, secret)

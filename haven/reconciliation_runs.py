@@ -50,7 +50,7 @@ async def open_run(db: Database, run: DayReconciliation, actor: Actor | None = N
                 row = new_run_row(run)
                 session.add(row)
                 if actor is not None:
-                    record_change(session, actor, "reconciliation_requested", run_id=run.run_id, day=run.day.isoformat())
+                    await record_change(session, actor, "reconciliation_requested", run_id=run.run_id, day=run.day.isoformat())
             return row
 
     return await upsert_once_more_on_conflict(write)

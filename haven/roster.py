@@ -57,7 +57,7 @@ async def _save_staff_member(db: Database, actor: Actor, subject: str, data: Sta
         member.name, member.email, member.active = data.name, str(data.email), data.active
         member.roles = [str(r) for r in data.roles]
         member.updated_at = now
-        record_change(
+        await record_change(
             session,
             actor,
             "staff_added" if created else "staff_updated",

@@ -76,6 +76,9 @@ class Policy(Rule):
     # payment is marked failed and finance is asked to look; whether money moved is then unknown,
     # which the rail's lookup, a webhook or reconciliation settles.
     payment_unanswered_minutes: PositiveInt = 60
+    # While a category's budget cannot take an approved request, it is tried again this often (and
+    # at once when finance changes an allocation).
+    funds_recheck_minutes: PositiveInt = 60
     follow_up: FollowUpRule
     housing: HousingRule
     country_risk: dict[Literal["elevated", "high"], list[str]]

@@ -7,6 +7,7 @@ import shutil
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from datetime import date
 from pathlib import Path
 
 import psycopg
@@ -15,7 +16,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from haven.db import Database, utcnow
 from haven.db.migrate import upgrade, upgrade_async
-from haven.db.models import Organisation
+from haven import ledger
+from haven.db.models import BudgetAllocation, Organisation
+from haven.grant_request import Category
+from haven.money import Money
 from haven.intake import record_policy_version
 from haven.settings import REPO_ROOT, Settings
 from haven.stripe_local import LocalStripe
@@ -72,7 +76,18 @@ async def prepare_database(url: str, policy, *, migrated: bool = False) -> Datab
             session.add(
                 Organisation(id="ngo-suspended", name="suspended", trust_level="standard", active=False, created_at=utcnow())
             )
+    # Budgets no test runs out of, over any time the time-skipping server may reach; the ledger
+    # tests set small ones of their own.
+    async with db.transaction() as session:
+        for category in Category:
+            if await session.get(BudgetAllocation, ledger.allocation_id(category, GENEROUS_PERIOD[0])) is None:
+                await ledger.set_allocation(
+                    session, category, *GENEROUS_PERIOD, Money(minor_units=10**12, currency=policy.policy.base_currency), "test-setup"
+                )
     return db
+
+
+GENEROUS_PERIOD = (date(2000, 1, 1), date(2999, 12, 31))
 
 
 @pytest.fixture(scope="session")

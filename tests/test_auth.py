@@ -169,6 +169,7 @@ class Api:
     def __init__(self, http: httpx.AsyncClient, db, keys: Keys, settings):
         self.http, self.db, self.keys, self.settings = http, db, keys, settings
         self._n = 0
+        self.baseline = (0, 0)  # what the database held before the test (the pinned policy's audit event)
 
     async def submit(self, token: str | None) -> httpx.Response:
         self._n += 1
@@ -178,7 +179,9 @@ class Api:
         return await self.http.post("/v1/grant-requests", json=SAMPLE_REQUEST, headers=headers)
 
     async def counts(self) -> tuple[int, int]:
-        return await stored_counts(self.db)
+        """Grant requests and audit events written since the test began."""
+        requests, events = await stored_counts(self.db)
+        return requests - self.baseline[0], events - self.baseline[1]
 
 
 @pytest.fixture
@@ -188,7 +191,9 @@ async def api(time_skipping_env, sqlite_db, tmp_path, keys):
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://haven.test") as http:
-            yield Api(http, sqlite_db, keys, settings)
+            api = Api(http, sqlite_db, keys, settings)
+            api.baseline = await stored_counts(sqlite_db)
+            yield api
 
 
 @pytest.mark.parametrize("signer", ["rsa", "ec"], ids=["RS256", "ES256"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from datetime import datetime, timedelta, timezone
+from decimal import Decimal
 
 from sqlalchemy import func, select
 
@@ -22,7 +23,7 @@ from haven.case_events import (
     ReservationRelease,
     ReservationRequest,
 )
-from haven.db.models import AuditEvent, BudgetReservation, Decision, GrantRequestRecord, Notification, Payment
+from haven.db.models import AuditEvent, BudgetReservation, Decision, GrantRequestRecord, LedgerEntry, Notification, Payment
 from haven.intake import Intake
 from haven.money import Money
 from tests.harness import caseworker, intermediary, submission
@@ -109,15 +110,24 @@ async def test_late_events_do_not_move_the_status_back(db, default_policy):
 async def test_reservations_are_idempotent(db, default_policy):
     request_id = await _stored_request(db, default_policy)
     budget = BudgetReservations(db)
-    reserve = ReservationRequest(request_id=request_id, number=1, category="legal_fees", amount_base_minor=150_000)
+    eur = Money(minor_units=150_000, currency="EUR")
+    at = datetime.now(timezone.utc)
+    reserve = ReservationRequest(
+        request_id=request_id, number=1, category="legal_fees", amount_base_minor=150_000, amount=eur, rate_to_base=Decimal(1), at=at
+    )
     await asyncio.gather(*(budget.reserve_budget(reserve) for _ in range(4)))
     assert await _count(db, BudgetReservation, request_id=request_id) == 1
-    release = ReservationRelease(request_id=request_id, number=1, release_base_minor=150_000, reason="failed")
+    release = ReservationRelease(
+        request_id=request_id, number=1, release_base_minor=150_000, amount=eur, rate_to_base=Decimal(1), reason="failed", at=at
+    )
     await budget.release_budget(release)
     await budget.release_budget(release)
     async with db.sessions() as session:
         [row] = (await session.scalars(select(BudgetReservation).where(BudgetReservation.request_id == request_id))).all()
     assert (row.status, row.released_base_minor) == ("released", 150_000)
+    async with db.sessions() as session:
+        kinds = (await session.scalars(select(LedgerEntry.kind).where(LedgerEntry.request_id == request_id))).all()
+    assert sorted(kinds) == ["release", "reservation"]  # one of each, however often the activities ran
 
 
 async def test_one_payment_row_per_tranche_across_retries(db, default_policy):

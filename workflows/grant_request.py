@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.risk import RiskAssessor
     from activities.screening import PayeeScreening
     from haven.case_events import (
+        NO_FUNDS,
         PAYMENT_REFUSED,
         DisbursementStarted,
         CaseEvent,
@@ -75,6 +76,15 @@ def _refusal(error: ActivityError) -> str | None:
     return None
 
 
+def _no_funds(error: ActivityError | ApplicationError) -> str | None:
+    """Why the budget could not take a reservation; None for any other failure. (A local activity's
+    failure arrives as the error itself, a remote one's wrapped in an ActivityError.)"""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.type == NO_FUNDS:
+        return cause.message
+    return None
+
+
 def _unanswered(error: ActivityError, minutes: int) -> str | None:
     """The reason when the rail went unanswered past the policy's patience; None otherwise."""
     timed_out = isinstance(error.cause, ActivityTimeout) and error.cause.type == TimeoutType.SCHEDULE_TO_CLOSE
@@ -120,6 +130,7 @@ class GrantRequestWorkflow:
         self._rail = start.rail  # finance may switch it when retrying a failed payment
         self._confirmed_transfers: dict[int, str] = {}  # tranche -> transfer id, from Stripe's webhooks
         self._retry_requested = False
+        self._funds_changed = False  # finance changed an allocation: try the reservation again now
         self._check_in_open: int | None = None
         self._check_in: CheckInRecord | None = None
         self._awaiting_report = False
@@ -242,7 +253,7 @@ class GrantRequestWorkflow:
                     break
             if not await self._pay(tranche):
                 break
-        if self._state.status in (Status.WITHDRAWN, Status.EXPIRED):
+        if self._state.status in (Status.WITHDRAWN, Status.EXPIRED, Status.REJECTED):
             return
         await self._finish_tranches()
         assert self._last_paid_at is not None
@@ -251,8 +262,8 @@ class GrantRequestWorkflow:
     async def _pay(self, tranche: Tranche) -> bool:
         """Pays one tranche; returns False when the request ended or payment was given up."""
         while True:
-            if self._reserved_base == 0:
-                await self._reserve(self._unpaid_base())
+            if self._reserved_base == 0 and not await self._reserve():
+                return False
             attempt = self._payment_attempts.get(tranche.number, 0) + 1
             self._payment_attempts[tranche.number] = attempt
             self._state.current_tranche = tranche.number
@@ -509,6 +520,8 @@ class GrantRequestWorkflow:
             raise Refused("nobody decides on a request from their own organisation")
         if actor.subject == self._start.submitted_by:
             raise Refused("nobody decides on a request they submitted")
+        if command.kind == "reject" and any(t.status == "paid" for t in self._state.tranches):
+            raise Refused("money has already been paid; a later tranche is stopped by checking in as not needed")
         if command.kind in ("reject", "request_information") and not command.note:
             raise Refused(f"{command.kind} needs a note saying why or what is needed")
         if command.kind != "approve":
@@ -769,6 +782,10 @@ class GrantRequestWorkflow:
     # --- what Stripe tells us (verified webhooks, applied to the ledger first) --------------------
 
     @workflow.signal
+    def funds_changed(self) -> None:
+        self._funds_changed = True
+
+    @workflow.signal
     def transfer_confirmed(self, notice: TransferNotice) -> None:
         tranche = self._tranche(notice.tranche)
         # Only our transfer for this tranche, as instructed, confirms it; anything else is for
@@ -830,19 +847,62 @@ class GrantRequestWorkflow:
     def _unpaid_base(self) -> int:
         return sum(rules.to_base(self._policy, t.amount) for t in self._state.tranches if t.status != "paid")
 
-    async def _reserve(self, amount_base: int) -> None:
-        self._reservation_number += 1
+    def _unpaid_amount(self) -> Money:
+        unpaid = [t.amount for t in self._state.tranches if t.status != "paid"]
+        return Money(minor_units=sum(m.minor_units for m in unpaid), currency=self._start.amount.currency)
+
+    def _rate_to_base(self):
+        return self._policy.currencies[self._start.amount.currency].rate_to_base
+
+    async def _reserve(self) -> bool:
+        """Sets the unpaid tranches aside from the category's budget. While they do not fit, the
+        request waits for funds (finance allocating more, or a recheck) or a caseworker's decision;
+        False when it ended meanwhile."""
+        amount_base = self._unpaid_base()
+        number = self._reservation_number + 1  # a refused reservation wrote nothing: its number is reused
+        while True:
+            try:
+                await self._activity(
+                    BudgetReservations.reserve_budget,
+                    ReservationRequest(
+                        request_id=self._start.request_id,
+                        number=number,
+                        category=self._start.category,
+                        amount_base_minor=amount_base,
+                        amount=self._unpaid_amount(),
+                        rate_to_base=self._rate_to_base(),
+                        at=workflow.now(),
+                    ),
+                )
+                break
+            except (ActivityError, ApplicationError) as error:
+                reason = _no_funds(error)
+                if reason is None:
+                    raise
+                if not await self._await_funds(reason, amount_base):
+                    return False
+        self._reservation_number = number
         self._reserved_base = amount_base
-        await self._activity(
-            BudgetReservations.reserve_budget,
-            ReservationRequest(
-                request_id=self._start.request_id,
-                number=self._reservation_number,
-                category=self._start.category,
-                amount_base_minor=amount_base,
-            ),
+        await self._record(
+            "budget_reserved",
+            to=Status.APPROVED if self._state.status == Status.AWAITING_FUNDS else None,
+            facts={"reservation": number, "amount_base_minor": amount_base},
         )
-        await self._record("budget_reserved", facts={"reservation": self._reservation_number, "amount_base_minor": amount_base})
+        return True
+
+    async def _await_funds(self, reason: str, amount_base: int) -> bool:
+        """True when funds may have come (try again); False when the request ended meanwhile."""
+        if self._state.status != Status.AWAITING_FUNDS:
+            await self._record(
+                "funds_insufficient",
+                to=Status.AWAITING_FUNDS,
+                facts={"amount_base_minor": amount_base, "reason": reason},
+                notify=_notify("funds_insufficient", "finance", "caseworker"),
+            )
+        self._funds_changed = False
+        recheck = workflow.now() + timedelta(minutes=self._policy.funds_recheck_minutes)
+        await self._wait_until(lambda: self._funds_changed or self._state.status != Status.AWAITING_FUNDS, recheck)
+        return self._state.status == Status.AWAITING_FUNDS
 
     async def _release(self, *, reason: str) -> None:
         """Closes the held reservation, handing back the part that will not be paid."""
@@ -855,7 +915,10 @@ class GrantRequestWorkflow:
                 request_id=self._start.request_id,
                 number=self._reservation_number,
                 release_base_minor=release,
+                amount=self._unpaid_amount(),
+                rate_to_base=self._rate_to_base(),
                 reason=reason,
+                at=workflow.now(),
             ),
         )
         self._reserved_base = 0

@@ -69,6 +69,46 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('allocation_id', sa.String(length=64), nullable=True))
         batch_op.create_foreign_key(batch_op.f('fk_budget_reservations_allocation_id_budget_allocations'), 'budget_allocations', ['allocation_id'], ['id'])
 
+    _chain_existing_audit_events()
+
+
+def _chain_existing_audit_events(batch: int = 1000) -> None:
+    """Chains the audit events written before the chain existed, in the order they were written
+    (id order), and records the head: from here on every event is appended after it. The hash is
+    the application's own (`event_hash`): a chain has one canonical form."""
+    from types import SimpleNamespace
+
+    from haven.audit_chain import GENESIS, HEAD_ID, event_hash
+    from haven.db.models import UTCDateTime
+
+    events = sa.table(
+        'audit_events',
+        sa.column('id', sa.Integer), sa.column('request_id', sa.String), sa.column('seq', sa.Integer),
+        sa.column('action', sa.String), sa.column('actor', sa.String), sa.column('roles', sa.JSON),
+        sa.column('status_from', sa.String), sa.column('status_to', sa.String), sa.column('facts', sa.JSON),
+        sa.column('occurred_at', UTCDateTime()), sa.column('recorded_at', UTCDateTime()),
+        sa.column('chain_seq', sa.BigInteger), sa.column('prev_hash', sa.String), sa.column('hash', sa.String),
+    )
+    content = [c for c in events.c if c.name not in ('chain_seq', 'prev_hash', 'hash')]
+    link = (
+        events.update()
+        .where(events.c.id == sa.bindparam('event_id'))
+        .values(chain_seq=sa.bindparam('link_seq'), prev_hash=sa.bindparam('link_prev'), hash=sa.bindparam('link_hash'))
+    )
+    connection = op.get_bind()
+    seq, prev_hash, after = 0, GENESIS, 0
+    while rows := connection.execute(sa.select(*content).where(events.c.id > after).order_by(events.c.id).limit(batch)).all():
+        links = []
+        for row in rows:
+            seq += 1
+            event = SimpleNamespace(**row._mapping, chain_seq=seq, prev_hash=prev_hash)
+            links.append({'event_id': row.id, 'link_seq': seq, 'link_prev': prev_hash, 'link_hash': event_hash(event)})
+            prev_hash = links[-1]['link_hash']
+        connection.execute(link, links)
+        after = rows[-1].id
+    head = sa.table('audit_chain_head', sa.column('id', sa.Integer), sa.column('seq', sa.BigInteger), sa.column('hash', sa.String))
+    connection.execute(head.insert().values(id=HEAD_ID, seq=seq, hash=prev_hash))
+
 
 
 def downgrade() -> None:
