@@ -40,6 +40,7 @@ class Operation(StrEnum):
     ROTATE_WEBHOOK_SECRET = "rotate an organisation's webhook secret"
     RECONCILE = "reconcile a day's Stripe transfers with the ledger"
     READ_RECONCILIATION = "read reconciliation reports"
+    RECORD_REFUND = "record money returned to the fund after payment"
     READ_BUDGET = "read budget allocations and balances"
     MANAGE_BUDGET = "set a category's budget allocation for a period"
     EXPORT = "export the ledger or the audit log"
@@ -69,6 +70,7 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.ROTATE_WEBHOOK_SECRET: frozenset({R.ADMIN}),
     Operation.RECONCILE: frozenset({R.FINANCE}),
     Operation.READ_RECONCILIATION: frozenset({R.FINANCE, R.DIRECTOR}),
+    Operation.RECORD_REFUND: frozenset({R.FINANCE}),
     Operation.READ_BUDGET: frozenset({R.FINANCE, R.DIRECTOR}),
     Operation.MANAGE_BUDGET: frozenset({R.FINANCE}),
     Operation.EXPORT: frozenset({R.FINANCE}),

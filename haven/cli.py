@@ -53,6 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     org.add_argument("--name", required=True)
     org.add_argument("--trust", choices=["low", "standard", "high"], default="standard")
     org.add_argument("--suspend", action="store_true")
+    from haven.exports import cli as export_cli  # `haven export ledger|audit …`
+
+    export_cli.add_parser(commands)
+    audit = commands.add_parser("audit", help="the audit log")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="recompute the audit log's hash chain; exit 1 naming the first event "
+                              "altered, inserted or removed")
     args = parser.parse_args(argv)
     settings = get_settings()
     configure_logging(dev_mode=settings.dev_mode)
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         "api": lambda s: _run_part(s, _serve_api),
         "worker": lambda s: _run_part(s, _serve_worker),
         "org": lambda s: _org(s, args),
+        "export": lambda s: export_cli.run(s, args),
+        "audit": lambda s: _audit_verify(s),
     }
     from api.jwks import ConfigurationError
     from haven.keys import MissingSecret
@@ -125,6 +134,19 @@ async def _org(settings: Settings, args) -> int:
     return 0
 
 
+async def _audit_verify(settings: Settings) -> int:
+    from haven.audit_chain import verify_chain
+    from haven.db import Database
+
+    db = Database(settings.async_database_url)
+    try:
+        report = await verify_chain(db)
+    finally:
+        await db.dispose()
+    print(report.describe())
+    return 0 if report.intact else 1
+
+
 DEV_STAFF = [
     ("cw-1", "Caseworker One", ["caseworker"]),
     ("cw-2", "Caseworker Two", ["caseworker"]),
@@ -133,7 +155,7 @@ DEV_STAFF = [
 ]
 
 
-async def _seed_dev_organisations(db) -> None:
+async def _seed_dev_organisations(db, settings: Settings) -> None:
     """Dev mode only: two partner organisations and a small roster, so `make run` can be tried."""
     from haven.db import utcnow
     from haven.db.models import Organisation, StaffMember
@@ -154,6 +176,28 @@ async def _seed_dev_organisations(db) -> None:
                         subject=subject, name=name, email=email, roles=roles, active=True, created_at=now, updated_at=now
                     )
                 )
+    await _seed_dev_budget(db, settings)
+
+
+async def _seed_dev_budget(db, settings: Settings) -> None:
+    """Dev mode only: this year's budget for every category (1,000,000.00 in the base currency), so
+    approved requests are paid; finance changes it through the API."""
+    from datetime import date
+
+    from haven import ledger
+    from haven.db import utcnow
+    from haven.db.models import BudgetAllocation
+    from haven.grant_request import Category
+    from haven.money import Money
+    from policies import load_policy
+
+    policy = load_policy(settings.policy_file).policy
+    year = utcnow().year
+    async with db.transaction() as session:
+        for category in Category:
+            if await session.get(BudgetAllocation, ledger.allocation_id(category, date(year, 1, 1))) is None:
+                amount = Money(minor_units=100_000_000, currency=policy.base_currency)
+                await ledger.set_allocation(session, category, date(year, 1, 1), date(year, 12, 31), amount, "dev-seed")
 
 
 async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> None:
@@ -253,7 +297,7 @@ async def _run_all(settings: Settings) -> int:
         try:
             await devserver.wait_until_serving(settings, server)
             db, client = await _prepare(settings)
-            await _seed_dev_organisations(db)
+            await _seed_dev_organisations(db, settings)
             _print_welcome(settings)
             parts = [_serve_worker(settings, client, db, stop), _serve_api(settings, client, db, stop)]
             if stripe_server is not None:
