@@ -28,6 +28,8 @@ test: $(INSTALLED)
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.intake_latency
 	$(BIN)/python -m bench.payment_latency
+	$(BIN)/python -m bench.export_ledger --db sqlite
+	$(BIN)/python -m bench.export_ledger --db postgresql
 
 clean-var:
 	rm -rf var

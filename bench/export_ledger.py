@@ -54,7 +54,7 @@ CATEGORIES = ["legal_fees", "secure_communications", "safe_housing"]
 CURRENCIES = [("EUR", 150_000, "1"), ("USD", 200_000, "0.92"), ("GBP", 90_000, "1.17"), ("KES", 9_000_000, "0.0071"),
               ("UGX", 4_000_000, "0.00025")]  # fmt: skip
 COUNTRIES = ["KE", "UG", "CO", "BY", "PH", "GT", "ZW", "MM"]
-LEDGER_COLUMNS = ["entry_key", "allocation_id", "category", "kind", "request_id", "tranche", "amount_base_minor",
+LEDGER_COLUMNS = ["entry_key", "allocation_id", "category", "kind", "request_id", "tranche", "country", "defender_ref", "amount_base_minor",
                   "amount_minor", "currency", "rate_to_base", "actor", "occurred_at", "recorded_at"]  # fmt: skip
 REQUEST_DEFAULTS = {"submitted_by": "int-bench", "urgency": "high", "threat_level": "moderate", "tranche_count": 2,
                     "rail": "manual", "status": "closed", "status_seq": 12, "escalated": False, "follow_up_overdue": False}  # fmt: skip
@@ -79,10 +79,11 @@ def generate(rows: int, policy_hash: str, stamp):
         currency, amount, rate = CURRENCIES[i % len(CURRENCIES)]
         base = _base(amount, rate, currency)
         at = start + step * i
+        defender_ref = hashlib.sha256(request_id.encode()).hexdigest()
         requests.append({
             **REQUEST_DEFAULTS, "id": request_id, "organisation_id": "ngo-bench", "idempotency_key": request_id,
             "body_hash": "0" * 64, "category": category, "country": country, "amount_minor": amount, "currency": currency,
-            "amount_base_minor": base, "policy_hash": policy_hash, "defender_ref": hashlib.sha256(request_id.encode()).hexdigest(),
+            "amount_base_minor": base, "policy_hash": policy_hash, "defender_ref": defender_ref,
             "sensitive": json.dumps({"defender": {"pseudonym": f"bench-{i}"}}), "granted_minor": amount,
             "granted_base_minor": base, "created_at": stamp(at), "updated_at": stamp(at),
         })  # fmt: skip
@@ -96,7 +97,7 @@ def generate(rows: int, policy_hash: str, stamp):
         ]
         for kind, tranche, move_base, move, when in moves:
             key = f"{request_id}:{kind}:{tranche or 0}"
-            entries.append((key, allocation, category, kind, request_id, tranche, move_base, move, currency, rate,
+            entries.append((key, allocation, category, kind, request_id, tranche, country, defender_ref, move_base, move, currency, rate,
                             "fin-bench", stamp(when), stamp(when + timedelta(seconds=1))))  # fmt: skip
     return requests, entries[:rows]
 

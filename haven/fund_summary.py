@@ -59,8 +59,6 @@ async def _paid_by(session: AsyncSession, key, period: Period) -> dict[str, Paid
     back = case((L.kind.in_([ledger.REVERSAL, ledger.REFUND]), L.amount_base_minor), else_=0)
     rows = await session.execute(
         select(key, func.sum(out), func.sum(back), func.count(func.distinct(L.request_id)))
-        .select_from(L)
-        .join(GrantRequestRecord, GrantRequestRecord.id == L.request_id)
         .where(
             L.kind.in_([ledger.PAYMENT, ledger.REVERSAL, ledger.REFUND]),
             L.occurred_at >= period.starts_at,
@@ -89,7 +87,7 @@ async def summarise(session: AsyncSession, period: Period) -> FundSummary:
     return FundSummary(
         period=period,
         by_category=await _paid_by(session, LedgerEntry.category, period),
-        by_country=await _paid_by(session, G.country, period),
+        by_country=await _paid_by(session, LedgerEntry.country, period),
         by_month=await _paid_by(session, _month(LedgerEntry.occurred_at, sqlite), period),
         commitments=Commitments(
             reserved={category: int(total) for category, total in reserved if total},

@@ -86,7 +86,12 @@ async def _recorded(session: AsyncSession, key: str) -> LedgerEntry | None:
     return await session.scalar(select(LedgerEntry).where(LedgerEntry.entry_key == key))
 
 
-def _entry(kind: str, allocation: BudgetAllocation, movement: Movement) -> LedgerEntry:
+async def _entry(session: AsyncSession, kind: str, allocation: BudgetAllocation, movement: Movement) -> LedgerEntry:
+    where = (None, None)
+    if movement.request_id is not None:
+        where = (await session.execute(
+            select(GrantRequestRecord.country, GrantRequestRecord.defender_ref).where(GrantRequestRecord.id == movement.request_id)
+        )).one_or_none() or (None, None)  # fmt: skip
     return LedgerEntry(
         entry_key=movement.key,
         allocation_id=allocation.id,
@@ -94,6 +99,8 @@ def _entry(kind: str, allocation: BudgetAllocation, movement: Movement) -> Ledge
         kind=kind,
         request_id=movement.request_id,
         tranche=movement.tranche,
+        country=where[0],
+        defender_ref=where[1],
         amount_base_minor=movement.amount_base_minor,
         amount_minor=movement.amount.minor_units,
         currency=movement.amount.currency,
@@ -119,7 +126,7 @@ async def reserve(session: AsyncSession, category: str, on: date, movement: Move
             f"{movement.amount_base_minor} are needed"
         )
     allocation.reserved_base_minor += movement.amount_base_minor
-    session.add(_entry(RESERVATION, allocation, movement))
+    session.add(await _entry(session, RESERVATION, allocation, movement))
     return allocation.id
 
 
@@ -148,7 +155,7 @@ async def _move(session: AsyncSession, allocation_key: str, kind: str, movement:
     allocation.paid_base_minor += paid * movement.amount_base_minor
     if allocation.reserved_base_minor < 0 or allocation.paid_base_minor < 0:
         raise ValueError(f"{kind} {movement.key} would take {allocation.id} below zero")
-    session.add(_entry(kind, allocation, movement))
+    session.add(await _entry(session, kind, allocation, movement))
 
 
 async def pinned_rate(session: AsyncSession, request_id: str, currency: str) -> Decimal:

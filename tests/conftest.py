@@ -185,3 +185,20 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture
+async def harness(time_skipping_env, db, tmp_path, default_policy):
+    """Grant requests driven through the real workflow, activities and database (see
+    tests/harness.py), once on SQLite (the embedded default) and once on PostgreSQL (production).
+    Every test that uses it ends with a fund ledger that balances."""
+    from haven.intake import Intake
+    from haven.worker import build_worker
+    from tests.harness import Harness
+    from tests.ledger_checks import assert_ledger_balances
+
+    settings = make_settings(tmp_path, db.url)
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
+    async with build_worker(time_skipping_env.client, db, settings):
+        yield Harness(time_skipping_env, intake, db)
+    await assert_ledger_balances(db)

@@ -21,12 +21,10 @@ from haven.db import Database, utcnow
 from haven.db.migrate import alembic_config
 from haven.db.models import AuditChainHead, AuditEvent
 from haven.grant_request import SYSTEM
-from haven.intake import Intake, record_policy_version
+from haven.intake import record_policy_version
 from haven.lifecycle import Status
 from haven.settings import REPO_ROOT
-from haven.worker import build_worker
 from tests.api_harness import Api
-from tests.conftest import make_settings
 from tests.harness import Harness, caseworker
 
 EVENTS = AuditEvent.__table__
@@ -69,14 +67,6 @@ async def _problem(db) -> tuple[str, int | None, int | None]:
 
 
 # --- the chain as the application writes it -----------------------------------------------------
-
-
-@pytest.fixture
-async def harness(time_skipping_env, db, tmp_path, default_policy):
-    settings = make_settings(tmp_path, db.url)
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
-    async with build_worker(time_skipping_env.client, db, settings):
-        yield Harness(time_skipping_env, intake, db)
 
 
 async def test_a_real_case_s_events_chain_and_verify_intact(harness: Harness):

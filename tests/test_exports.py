@@ -347,3 +347,22 @@ async def test_the_summary_gives_money_paid_by_category_country_and_month_and_op
     refused = await api.http.get("/v1/budget/summary", params={"from": "2026-02-01", "to": "2026-01-01"}, headers=api.token("finance", "fin-1"))
     assert_problem(refused, 422, "validation-error")
     assert_problem(await api.http.get("/v1/budget/summary", headers=api.token("caseworker", "cw-1")), 403, "forbidden")
+
+
+# --- amounts as the database writes them ------------------------------------------------------
+
+
+async def test_the_database_writes_amounts_as_format_decimal_does(db):
+    """Exports format amounts in SQL; the manifest's totals in Python: both must read the same."""
+    from sqlalchemy import BigInteger, literal, select
+
+    from haven.exports.encoders import Sql
+    from haven.money import format_decimal
+
+    sql = Sql(sqlite=db.is_sqlite)
+    values = [0, 1, 9, 10, 99, 100, 101, 150_000, 123_456_789, 10**15 + 7, -1, -99, -100, -150_050]
+    async with db.engine.connect() as connection:
+        for exponent in (0, 2, 3):
+            cells = [sql.decimal(literal(v, BigInteger), exponent) for v in values]
+            written = (await connection.execute(select(*cells))).one()
+            assert list(written) == [format_decimal(v, exponent) for v in values], exponent

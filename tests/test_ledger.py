@@ -13,12 +13,10 @@ from sqlalchemy.exc import DBAPIError
 from haven import ledger
 from haven.db import utcnow
 from haven.db.models import BudgetAllocation
-from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.money import Money
-from haven.worker import build_worker
 from tests.api_harness import assert_problem
-from tests.conftest import GENEROUS_PERIOD, make_settings
+from tests.conftest import GENEROUS_PERIOD
 from tests.harness import Harness, caseworker
 from tests.ledger_checks import assert_ledger_balances
 from workflows import GrantRequestWorkflow
@@ -66,15 +64,6 @@ async def test_a_reservation_written_twice_reserves_once(db):
     async with db.sessions() as session:
         allocation = await session.get(BudgetAllocation, ledger.allocation_id("secure_communications", START))
         assert allocation.reserved_base_minor == 2_000
-
-
-@pytest.fixture
-async def harness(time_skipping_env, db, tmp_path, default_policy):
-    settings = make_settings(tmp_path, db.url)
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
-    async with build_worker(time_skipping_env.client, db, settings):
-        yield Harness(time_skipping_env, intake, db)
-    await assert_ledger_balances(db)
 
 
 async def test_an_approved_request_that_does_not_fit_waits_for_funds(harness: Harness):

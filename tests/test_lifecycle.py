@@ -7,27 +7,11 @@ from datetime import timedelta
 
 import pytest
 
-from haven.intake import Intake
 from haven.lifecycle import Status
-from haven.worker import build_worker
-from tests.conftest import make_settings
-from tests.ledger_checks import assert_ledger_balances
 from tests.harness import FINANCE, Harness, caseworker, director, intermediary
 from workflows import GrantRequestWorkflow
 
 S = Status
-
-
-@pytest.fixture
-async def harness(time_skipping_env, db, tmp_path, default_policy):
-    """Each path runs twice: on SQLite (the embedded default) and on PostgreSQL (production); each
-    leaves a fund ledger that balances."""
-    settings = make_settings(tmp_path, db.url)
-    worker = build_worker(time_skipping_env.client, db, settings)
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
-    async with worker:
-        yield Harness(time_skipping_env, intake, db)
-    await assert_ledger_balances(db)
 
 
 async def test_single_approval_runs_to_closed(harness: Harness):

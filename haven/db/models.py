@@ -237,6 +237,10 @@ class LedgerEntry(Base):
     kind: Mapped[str] = mapped_column(String(16))
     request_id: Mapped[str | None] = mapped_column(String(40), index=True)
     tranche: Mapped[int | None] = mapped_column(Integer)
+    # The request's country and defender_ref (a keyed pseudonym) as they were when the money
+    # moved: the ledger reads on its own, in exports and after a request's details are gone.
+    country: Mapped[str | None] = mapped_column(String(2))
+    defender_ref: Mapped[str | None] = mapped_column(String(64))
     amount_base_minor: Mapped[int] = mapped_column(BigInteger)  # signed only for allocation changes
     amount_minor: Mapped[int] = mapped_column(BigInteger)
     currency: Mapped[str] = mapped_column(String(3))

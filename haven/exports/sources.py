@@ -1,5 +1,6 @@
 """The rows an export holds, read in one consistent snapshot of the database, a batch at a time
-(a server-side cursor), so memory stays the same however many rows there are.
+(a server-side cursor), so memory stays the same however many rows there are; each row arrives
+as the line the file holds (`encoders`), and the control totals come from the same snapshot.
 
 Every value is written as the export shows it: times as ISO 8601 UTC with microseconds
 ('2026-11-24T10:15:30.120000+00:00', the very form the audit chain hashes, so an audit export can
@@ -11,21 +12,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Select, String, func, select, type_coerce
+from sqlalchemy import Select, String, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from haven.db import Database
-from haven.db.models import AuditChainHead, AuditEvent, GrantRequestRecord, LedgerEntry, PolicyRecord
+from haven.db.models import AuditChainHead, AuditEvent, LedgerEntry, PolicyRecord
+from haven.exports.encoders import Cell, LineFormat, Sql
 from haven.exports.spec import ExportKind, Period
 from haven.money import format_decimal
 
-BATCH_ROWS = 5_000  # rows fetched (and encoded) at a time: about a megabyte
+BATCH_ROWS = 5_000  # lines fetched at a time: about a megabyte
 
 
 class ExportFailed(RuntimeError):
@@ -83,14 +84,22 @@ async def currency_book(connection: AsyncConnection) -> CurrencyBook:
 
 @dataclass
 class Totals:
-    """Control totals an auditor recomputes from the file: per currency and kind of movement (in
-    the original currency), per category and kind (in the base currency), or rows per audit
-    action. Groups are [rows, sum of minor units]."""
+    """Control totals an auditor recomputes from the file, summed by the database in the
+    export's snapshot: rows and minor units per currency and kind of movement (in the original
+    currency), per category and kind (in the base currency), or rows per audit action."""
 
+    rows: int = 0
     book: CurrencyBook | None = None
     by_currency: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     by_category: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     by_action: dict[str, int] = field(default_factory=dict)
+
+    def currencies_by_rows(self) -> list[str]:
+        """The currencies of the rows, the most common first."""
+        rows: dict[str, int] = {}
+        for (currency, _), (n, _) in self.by_currency.items():
+            rows[currency] = rows.get(currency, 0) + n
+        return sorted(rows, key=lambda currency: -rows[currency])
 
     def as_manifest(self) -> dict[str, Any]:
         if self.book is None:
@@ -109,33 +118,33 @@ class Totals:
         }
 
 
-Cells = Callable[[Any], list[Any]]
+Cells = Sequence[tuple[str, Cell, Any]]  # (column, what it holds, its SQL expression), in file order
 
 
 @dataclass(frozen=True)
 class Source:
-    """One kind of export: its columns, its query for a period, and how a database row becomes
-    the cells of a file row (counted into the totals on the way)."""
+    """One kind of export: its cells, the rows of a period in file order, and their totals."""
 
+    cells: Callable[[Sql, CurrencyBook, Totals], Cells]
+    rows_of: Callable[[Select, Period], Select]  # adds FROM, WHERE and ORDER BY to the line
+    totals: Callable[[AsyncConnection, Period, CurrencyBook], Any]  # -> Totals (a coroutine)
     columns: Sequence[str]
-    query: Callable[[Period, bool], Select]
-    cells: Callable[[CurrencyBook, Totals], Cells]  # made once per export: a million calls follow
-    with_money: bool
-    structured: frozenset[int] = frozenset()  # cells holding lists or objects
 
-    async def batches(self, connection: AsyncConnection, period: Period, book: CurrencyBook, totals: Totals):
-        sqlite = connection.dialect.name == "sqlite"
-        result = await connection.stream(self.query(period, sqlite).execution_options(yield_per=BATCH_ROWS))
+    async def lines(self, connection: AsyncConnection, period: Period, line_format: LineFormat, book: CurrencyBook,
+                    totals: Totals) -> AsyncIterator[list[str]]:  # fmt: skip
+        """The file's lines, a batch at a time."""
+        line = line_format.line(self.cells(line_format.sql, book, totals))
+        query = self.rows_of(select(line), period).execution_options(yield_per=BATCH_ROWS)
+        result = await connection.stream(query)
         partitions = result.partitions()
-        cells = self.cells(book, totals)
         upcoming = asyncio.ensure_future(anext(partitions, None))
         try:
             while (partition := await upcoming) is not None:
-                # The next batch is asked for before this one is encoded: the database
-                # (PostgreSQL's own process, SQLite's driver thread) reads it meanwhile.
+                # The next batch is asked for before this one is written: the database
+                # (PostgreSQL's own process, SQLite's driver thread) builds it meanwhile.
                 upcoming = asyncio.ensure_future(anext(partitions, None))
                 await asyncio.sleep(0)  # lets that request go out
-                yield [cells(row) for row in partition]
+                yield [row[0] for row in partition]
         finally:
             if not upcoming.done():  # the reader stopped early: the snapshot is about to close
                 upcoming.cancel()
@@ -143,16 +152,7 @@ class Source:
                     await upcoming
 
 
-def _iso_text(column, sqlite: bool):
-    """The time as the export writes it, formatted by the database rather than parsed into a
-    datetime and formatted again for each of a million rows."""
-    if sqlite:
-        # UTCDateTime stores UTC as 'YYYY-MM-DD HH:MM:SS.ffffff' in SQLite.
-        return type_coerce(func.replace(type_coerce(column, String), " ", "T").concat("+00:00"), String)
-    return func.to_char(func.timezone("UTC", column), 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')
-
-
-L, G, A = LedgerEntry, GrantRequestRecord, AuditEvent
+L, A = LedgerEntry, AuditEvent
 
 LEDGER_COLUMNS = (
     "entry_id", "occurred_at", "recorded_at", "kind", "category", "allocation_id", "request_id", "tranche",
@@ -160,46 +160,46 @@ LEDGER_COLUMNS = (
 )  # fmt: skip
 
 
-def _ledger_query(period: Period, sqlite: bool) -> Select:
+def _in_period(period: Period, column) -> list:
+    return [column >= period.starts_at, column < period.ends_before]
+
+
+def _ledger_cells(sql: Sql, book: CurrencyBook, totals: Totals) -> Cells:
+    N, C, T = Cell.NUMBER, Cell.CODE, Cell.TEXT
+    exponents = {currency: book.exponent(currency) for currency in totals.currencies_by_rows()}
+    cells = [
+        (N, L.id), (C, sql.iso_time(L.occurred_at)), (C, sql.iso_time(L.recorded_at)), (C, L.kind), (C, L.category),
+        (C, L.allocation_id), (C, L.request_id), (N, L.tranche), (C, L.country), (C, L.defender_ref),
+        (C, sql.decimal_by_currency(L.amount_minor, L.currency, exponents)), (C, L.currency),
+        (C, sql.decimal(L.amount_base_minor, book.exponent(book.base_currency))), (C, literal(book.base_currency, String)),
+        (C, L.rate_to_base), (T, L.actor), (T, L.entry_key),
+    ]  # fmt: skip
+    return [(name, kind, value) for name, (kind, value) in zip(LEDGER_COLUMNS, cells, strict=True)]
+
+
+def _ledger_rows(line: Select, period: Period) -> Select:
     return (
-        select(
-            L.id, _iso_text(L.occurred_at, sqlite), _iso_text(L.recorded_at, sqlite), L.kind, L.category, L.allocation_id, L.request_id, L.tranche,
-            G.country, G.defender_ref, L.amount_minor, L.currency, L.amount_base_minor, L.rate_to_base, L.actor, L.entry_key,
-        )  # fmt: skip
-        .select_from(L)
-        .outerjoin(G, G.id == L.request_id)
-        .where(L.occurred_at >= period.starts_at, L.occurred_at < period.ends_before)
+        line.select_from(L)
+        .where(*_in_period(period, L.occurred_at))
         .order_by(L.occurred_at, L.id)  # the index ix_ledger_entries_occurred: no sort
     )
 
 
-def _ledger_cells(book: CurrencyBook, totals: Totals) -> Cells:
-    by_currency, by_category, exponents = totals.by_currency, totals.by_category, book.exponents
-    base = book.base_currency
-    base_exponent = book.exponent(base)
-
-    def cells(row) -> list[Any]:
-        (id_, occurred, recorded, kind, category, allocation, request, tranche,
-         country, defender_ref, amount, currency, amount_base, rate, actor, key) = row  # fmt: skip
-        group = by_currency.get((currency, kind))
-        if group is None:
-            group = by_currency[(currency, kind)] = [0, 0]
-        group[0] += 1
-        group[1] += amount
-        group = by_category.get((category, kind))
-        if group is None:
-            group = by_category[(category, kind)] = [0, 0]
-        group[0] += 1
-        group[1] += amount_base
-        exponent = exponents.get(currency)
-        if exponent is None:
-            exponent = book.exponent(currency)  # raises ExportFailed, naming the currency
-        return [
-            id_, occurred, recorded, kind, category, allocation, request, tranche, country, defender_ref,
-            format_decimal(amount, exponent), currency, format_decimal(amount_base, base_exponent), base, rate, actor, key,
-        ]  # fmt: skip
-
-    return cells
+async def _ledger_totals(connection: AsyncConnection, period: Period, book: CurrencyBook) -> Totals:
+    totals = Totals(book=book)
+    groups = await connection.execute(
+        select(L.category, L.currency, L.kind, func.count(), func.sum(L.amount_minor), func.sum(L.amount_base_minor))
+        .where(*_in_period(period, L.occurred_at))
+        .group_by(L.category, L.currency, L.kind)
+    )
+    for category, currency, kind, rows, amount, amount_base in groups:
+        book.exponent(currency)  # a currency no policy knows cannot be written: ExportFailed, before any byte
+        totals.rows += rows
+        for key, group, total in (((currency, kind), totals.by_currency, amount), ((category, kind), totals.by_category, amount_base)):
+            sums = group.setdefault(key, [0, 0])
+            sums[0] += rows
+            sums[1] += int(total)
+    return totals
 
 
 AUDIT_COLUMNS = (
@@ -208,36 +208,36 @@ AUDIT_COLUMNS = (
 )  # fmt: skip
 
 
-def _audit_query(period: Period, sqlite: bool) -> Select:
+def _audit_cells(sql: Sql, book: CurrencyBook, totals: Totals) -> Cells:
+    N, C, T, J = Cell.NUMBER, Cell.CODE, Cell.TEXT, Cell.JSON
+    cells = [
+        (N, A.chain_seq), (N, A.id), (C, sql.iso_time(A.occurred_at)), (C, sql.iso_time(A.recorded_at)), (T, A.request_id),
+        (N, A.seq), (C, A.action), (T, A.actor), (J, A.roles), (C, A.status_from), (C, A.status_to), (J, A.facts),
+        (C, A.prev_hash), (C, A.hash),
+    ]  # fmt: skip
+    return [(name, kind, value) for name, (kind, value) in zip(AUDIT_COLUMNS, cells, strict=True)]
+
+
+def _audit_rows(line: Select, period: Period) -> Select:
     return (
-        select(
-            A.chain_seq, A.id, _iso_text(A.occurred_at, sqlite), _iso_text(A.recorded_at, sqlite), A.request_id, A.seq, A.action, A.actor, A.roles,
-            A.status_from, A.status_to, A.facts, A.prev_hash, A.hash,
-        )  # fmt: skip
-        .where(A.occurred_at >= period.starts_at, A.occurred_at < period.ends_before)
+        line.select_from(A)
+        .where(*_in_period(period, A.occurred_at))
         # Chain order, so each row's prev_hash is the hash of the row before it (where the period
         # holds both); events from before the chain existed come last, in the order stored.
         .order_by(A.chain_seq.asc().nulls_last(), A.id)
     )
 
 
-def _audit_cells(book: CurrencyBook, totals: Totals) -> Cells:
-    by_action = totals.by_action
-
-    def cells(row) -> list[Any]:
-        by_action[row.action] = by_action.get(row.action, 0) + 1
-        return list(row)
-
-    return cells
+async def _audit_totals(connection: AsyncConnection, period: Period, book: CurrencyBook) -> Totals:
+    totals = Totals()
+    groups = await connection.execute(select(A.action, func.count()).where(*_in_period(period, A.occurred_at)).group_by(A.action))
+    for action, rows in groups:
+        totals.by_action[action] = rows
+        totals.rows += rows
+    return totals
 
 
 SOURCES = {
-    ExportKind.LEDGER: Source(LEDGER_COLUMNS, _ledger_query, _ledger_cells, with_money=True),
-    ExportKind.AUDIT: Source(AUDIT_COLUMNS, _audit_query, _audit_cells, with_money=False,
-                             structured=frozenset({AUDIT_COLUMNS.index("roles"), AUDIT_COLUMNS.index("facts")})),
+    ExportKind.LEDGER: Source(_ledger_cells, _ledger_rows, _ledger_totals, LEDGER_COLUMNS),
+    ExportKind.AUDIT: Source(_audit_cells, _audit_rows, _audit_totals, AUDIT_COLUMNS),
 }
-
-
-def structured(value: Any) -> str:
-    """Lists and objects inside a CSV cell: compact JSON with sorted keys, the same every time."""
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from haven.audit import record_change
 from haven.db import Database, utcnow
 from haven.db.models import AuditEvent
-from haven.exports.encoders import ENCODERS
+from haven.exports.encoders import LineFormat, Sql
 from haven.exports.manifest import ExportPeriod, Manifest, haven_version
-from haven.exports.sources import SOURCES, Totals, chain_head, currency_book, snapshot
+from haven.exports.sources import SOURCES, chain_head, currency_book, snapshot
 from haven.exports.spec import ExportSpec
 from haven.grant_request import Actor
 
@@ -37,20 +37,18 @@ class Export:
 
     async def chunks(self, db: Database) -> AsyncIterator[bytes]:
         source = SOURCES[self.spec.kind]
-        encoder = ENCODERS[self.spec.format](source.columns, source.structured)
         digest, size, rows = hashlib.sha256(), 0, 0
         generated_at = utcnow()
         async with snapshot(db) as connection:
+            line_format = LineFormat(self.spec.format, Sql(sqlite=db.is_sqlite))
             head = await chain_head(connection)
             book = await currency_book(connection)
-            totals = Totals(book=book if source.with_money else None)
-            chunk = encoder.header()
-            async for batch in source.batches(connection, self.spec.period, book, totals):
-                rows += len(batch)
-                if chunk:
-                    chunk += encoder.rows(batch)
-                else:
-                    chunk = encoder.rows(batch)
+            totals = await source.totals(connection, self.spec.period, book)
+            chunk, end = line_format.header(source.columns), line_format.line_end.decode()
+            async for lines in source.lines(connection, self.spec.period, line_format, book, totals):
+                rows += len(lines)
+                lines.append("")
+                chunk += end.join(lines).encode("utf-8")
                 digest.update(chunk)
                 size += len(chunk)
                 yield chunk
@@ -59,6 +57,8 @@ class Export:
                 digest.update(chunk)
                 size += len(chunk)
                 yield chunk
+        if rows != totals.rows:  # one snapshot: they cannot differ unless the database misbehaves
+            raise RuntimeError(f"the export wrote {rows} rows but its snapshot holds {totals.rows}")
         period = self.spec.period
         self.manifest = Manifest(
             export_id=self.export_id,

@@ -43,6 +43,8 @@ def upgrade() -> None:
     sa.Column('kind', sa.String(length=16), nullable=False),
     sa.Column('request_id', sa.String(length=40), nullable=True),
     sa.Column('tranche', sa.Integer(), nullable=True),
+    sa.Column('country', sa.String(length=2), nullable=True),
+    sa.Column('defender_ref', sa.String(length=64), nullable=True),
     sa.Column('amount_base_minor', sa.BigInteger(), nullable=False),
     sa.Column('amount_minor', sa.BigInteger(), nullable=False),
     sa.Column('currency', sa.String(length=3), nullable=False),
