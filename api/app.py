@@ -9,18 +9,18 @@ from temporalio.client import Client
 
 from haven.db import Database
 from haven.intake import Intake, record_policy_version
-from haven.keys import pseudonym_index_key
+from haven.keys import payload_keys, pseudonym_index_key
 from haven.settings import Settings, get_settings
 from haven.temporal import connect
 from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
-from api.routes import audit, budget, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
+from api.routes import audit, budget, codec, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
 
 
-ROUTERS = [health.router, grant_requests.router, refunds.router, budget.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router]
+ROUTERS = [health.router, grant_requests.router, refunds.router, budget.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router, codec.router]
 
 
 def routes():
@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         await record_policy_version(database, pinned)
         intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings), settings.payment_rails)
         app.state.services = Services(
-            settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute)
+            settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute), payload_keys(settings)
         )
         yield
         if own_db:
@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     )
     problems.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
     for router in ROUTERS:
         app.include_router(router)
     openapi.install(app, routes())

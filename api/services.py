@@ -11,6 +11,7 @@ from temporalio.client import Client
 
 from haven.db import Database
 from haven.intake import Intake
+from haven.payload_codec import PayloadKeys
 from haven.settings import Settings
 from api.auth import TokenVerifier
 from api.limits import RateLimit
@@ -24,6 +25,7 @@ class Services:
     intake: Intake
     verifier: TokenVerifier
     intake_rate: RateLimit
+    payload_keys: PayloadKeys
 
 
 def services(request: Request) -> Services:

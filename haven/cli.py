@@ -60,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="recompute the audit log's hash chain; exit 1 naming the first event "
                               "altered, inserted or removed")
+    keys = commands.add_parser("keys", help="generate keys for the settings")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    payload = keys_commands.add_parser("payload", help="a new Temporal payload key, as id:base64key (HAVEN_PAYLOAD_KEYS)")
+    payload.add_argument("--id", required=True, help="the key's id, e.g. 2027-01 (letters, digits, '-', '_')")
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        from haven.payload_codec import PayloadKeys
+
+        print(PayloadKeys.generate(args.id))
+        return 0
     settings = get_settings()
     configure_logging(dev_mode=settings.dev_mode)
 
@@ -82,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from api.jwks import ConfigurationError
     from haven.keys import MissingSecret
+    from haven.payload_codec import PayloadKeyError
 
     try:
         if args.command in ("api", "worker") and (problem := settings.local_stripe_problem(args.command)):
@@ -92,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             TokenVerifier(settings)  # a wrong identity setup is reported before anything starts
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(runners[args.command](settings)) or 0
-    except (ConfigurationError, MissingSecret, Unavailable, Misconfigured) as error:
+    except (ConfigurationError, MissingSecret, PayloadKeyError, Unavailable, Misconfigured) as error:
         print(f"haven: {error}", file=sys.stderr)
         return 2
     return 0
@@ -293,7 +303,9 @@ async def _run_all(settings: Settings) -> int:
     if settings.local_stripe:
         stripe_server, settings = _start_local_stripe(settings)
     try:
-        server = devserver.start_dev_server(settings)
+        # Temporal's web UI shows decrypted payloads through haven's codec endpoint (dev mode: the
+        # endpoint trusts the UI's own origin without a token; see api/routes/codec.py).
+        server = devserver.start_dev_server(settings, codec_endpoint=f"{settings.public_base_url}/v1/codec")
         try:
             await devserver.wait_until_serving(settings, server)
             db, client = await _prepare(settings)
@@ -378,7 +390,7 @@ def _print_welcome(settings: Settings) -> None:
         f"""
 haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_dir}/secrets)
   API docs     {api}/docs
-  Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}
+  Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}  (payloads encrypted; decoded for the UI by {settings.public_base_url}/v1/codec)
   Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
   E-mail       {mail}
                to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance) @example.org

@@ -1,11 +1,34 @@
 """Structured logs: JSON lines in production, readable lines in dev mode. Log events carry ids,
-never the content of a case."""
+never the content of a case; should one ever be handed a case's field by name, the redacting
+processor blanks it before anything is written."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import structlog
+
+
+# Fields of a case that name or endanger people (haven.grant_request), and free text about them.
+SENSITIVE_FIELDS = frozenset({
+    "defender", "pseudonym", "payee", "name", "account", "stripe_account", "threat_summary", "purpose",
+    "answer", "note", "text", "receipts", "reason", "body", "email", "sensitive", "details",
+})  # fmt: skip
+REDACTED = "[redacted]"
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: REDACTED if str(k).lower() in SENSITIVE_FIELDS else _redacted(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_redacted(v) for v in value]
+    return value
+
+
+def redact_sensitive(_logger: Any, _method: str, event_dict: dict) -> dict:
+    """A structlog processor: every sensitive field, at any depth, is written as "[redacted]"."""
+    return {k: REDACTED if k.lower() in SENSITIVE_FIELDS else _redacted(v) for k, v in event_dict.items()}
 
 
 def configure_logging(*, dev_mode: bool) -> None:
@@ -13,6 +36,7 @@ def configure_logging(*, dev_mode: bool) -> None:
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            redact_sensitive,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             renderer,

@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     # Keyed hash that lets us find prior grants to the same defender pseudonym
     # without storing the pseudonym itself.
     pseudonym_index_key: str = ""
+    # Keys that seal every payload sent to Temporal (haven.payload_codec): `id:base64key,...`,
+    # the current one first; older ones stay for the histories written under them.
+    payload_keys: str = ""
+    # Browser origins (Temporal's web UI) allowed to call the codec endpoint, /v1/codec.
+    codec_cors_origins: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"])
 
     max_body_bytes: int = 64 * 1024
 

@@ -1,16 +1,21 @@
-"""How every process reaches Temporal: one data converter, one client factory."""
+"""How every process reaches Temporal: one data converter (pydantic JSON, then sealed by the
+payload codec), one client factory."""
 
 from __future__ import annotations
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 
+from haven.keys import payload_keys
+from haven.payload_codec import data_converter as sealed_converter
 from haven.settings import Settings
 
-DATA_CONVERTER = pydantic_data_converter
+
+def data_converter(settings: Settings) -> DataConverter:
+    return sealed_converter(payload_keys(settings))
 
 
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
-        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=DATA_CONVERTER
+        settings.temporal_address, namespace=settings.temporal_namespace, data_converter=data_converter(settings)
     )

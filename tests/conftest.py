@@ -23,7 +23,7 @@ from haven.money import Money
 from haven.intake import record_policy_version
 from haven.settings import REPO_ROOT, Settings
 from haven.stripe_local import LocalStripe
-from haven.temporal import DATA_CONVERTER
+from haven.payload_codec import PayloadKeys, data_converter
 from policies import load_policy
 
 # The `api` fixture (the app over a time-skipping server) is shared by several test modules.
@@ -48,6 +48,11 @@ def default_policy():
     return load_policy(REPO_ROOT / "policies" / "default.yaml")
 
 
+# The tests' payload keys: "test-2" seals, "test-1" still opens (a rotation in progress).
+TEST_PAYLOAD_KEYS = f"{PayloadKeys.generate('test-2')},{PayloadKeys.generate('test-1')}"
+DATA_CONVERTER = data_converter(PayloadKeys.parse(TEST_PAYLOAD_KEYS))
+
+
 def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
     values = {
         "var_dir": tmp,
@@ -55,6 +60,7 @@ def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
         "dev_mode": True,
         "jwt_secret": "test-secret-" + "x" * 32,
         "pseudonym_index_key": "test-pseudonym-key",
+        "payload_keys": TEST_PAYLOAD_KEYS,
         "task_queue": f"test-{uuid.uuid4().hex[:8]}",
         "intake_rate_per_minute": 10_000,
     }

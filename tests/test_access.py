@@ -25,9 +25,8 @@ from haven.exports.stream import Export, record_export
 from haven.grant_request import Actor, Role
 from haven.settings import REPO_ROOT
 from haven.stripe_local import LocalStripe
-from haven.temporal import DATA_CONVERTER
 from haven.worker import build_worker
-from tests.conftest import make_settings, prepare_database, venv_binary
+from tests.conftest import DATA_CONVERTER, make_settings, prepare_database, venv_binary
 from tests.harness import SAMPLE_REQUEST
 
 I, C, D, F, A = "intermediary", "caseworker", "director", "finance", "admin"
@@ -92,6 +91,8 @@ ENDPOINTS = [
     E("GET", "/v1/budget/summary", {D, F}),
     E("GET", "/v1/exports/{kind}?from=2026-01-01&to=2026-01-02", {F}),
     E("GET", "/v1/exports/{export_id}/manifest", {F}),
+    E("POST", "/v1/codec/decode", {C, D}, {"payloads": []}),
+    E("POST", "/v1/codec/encode", {C, D}, {"payloads": []}),
 ]
 
 

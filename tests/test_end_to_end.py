@@ -55,7 +55,7 @@ def test_make_run_lifecycle_and_restart(tmp_path):
             payment = {"amount": {"minor_units": 120_000, "currency": "EUR"}, "reference": "SEPA-E2E-1", "paid_on": "2026-11-24"}
             assert http.post(f"{url}/payments", json=payment, headers=finance).json()["status"] == "paid"
             _until(http, url, caseworker, "follow_up")
-            report = {"text": "Phone replaced and set up.", "receipts": ["R-1"]}
+            report = {"text": "Phone replaced and set up. canary-report-e2e-5a1f", "receipts": ["R-1"]}
             assert http.post(f"{url}/reports", json=report, headers=intermediary).status_code == 200
             assert http.post(f"{url}/report-acceptance", json={}, headers=caseworker).json()["status"] == "closed"
             _until(http, url, caseworker, "closed")
@@ -72,6 +72,10 @@ def test_make_run_lifecycle_and_restart(tmp_path):
             assert not any("heron-3" in m or "Phone seized" in m for m in mails)
     finally:
         haven.stop()
+    # The report went through a Workflow Update: Temporal's own database holds it sealed only.
+    temporal_files = [p.read_bytes() for p in haven.var_dir.glob("temporal.db*")]
+    assert temporal_files and any(b"binary/encrypted" in data for data in temporal_files)
+    assert not any(b"canary-report-e2e-5a1f" in data for data in temporal_files)
 
     haven.start()  # same ./var: the same Temporal history and app database
     try:

@@ -26,7 +26,8 @@ from haven.localstack import LocalHaven
 from haven.settings import REPO_ROOT
 from tests.harness import SAMPLE_REQUEST
 
-EXAMPLES_PER_OPERATION = 40
+# 25 per operation and mode keeps `make test` quick; HAVEN_FUZZ_EXAMPLES=200 runs deeper.
+EXAMPLES_PER_OPERATION = int(os.environ.get("HAVEN_FUZZ_EXAMPLES", "25"))
 # The role whose token each operation is called with: the first the operation admits.
 ROLE_PREFERENCE = ["caseworker", "intermediary", "finance", "admin", "director"]
 RESULTS = REPO_ROOT / "bench" / "results" / "schemathesis.json"

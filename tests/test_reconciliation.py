@@ -36,10 +36,9 @@ from haven.reconciliation import (
 from haven.schedules import RECONCILIATION_HOUR_UTC, RECONCILIATION_SCHEDULE, ensure_schedules
 from haven.stripe_local import LocalStripe
 from haven.stripe_transfers import Transfer
-from haven.temporal import DATA_CONVERTER
 from haven.worker import build_worker
 from tests.api_harness import assert_problem, stored_counts
-from tests.conftest import make_settings, venv_binary
+from tests.conftest import DATA_CONVERTER, make_settings, venv_binary
 from tests.harness import intermediary, submission
 from workflows import ReconciliationWorkflow
 

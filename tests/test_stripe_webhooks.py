@@ -317,7 +317,7 @@ async def test_a_worker_killed_during_the_transfer_call_pays_exactly_once(
     env = {
         **os.environ,
         **{f"HAVEN_{name.upper()}": str(getattr(settings, name)) for name in (
-            "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key")},
+            "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key", "payload_keys")},
         "HAVEN_TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
     }  # fmt: skip
     # Stripe takes 3 s over the transfer; it is made even though the caller is gone by then.

@@ -86,11 +86,11 @@ class NotificationDispatcher:
         self.send_limit = 2 * max(settings.webhook_timeout_seconds, SMTP_TIMEOUT_SECONDS) + 5
         self.lease = max(MIN_LEASE, timedelta(seconds=2 * self.send_limit))
         if self.mail is None:
-            log.warning("email_notifications_off", reason="no SMTP host configured (HAVEN_SMTP_HOST)")
+            log.warning("email_notifications_off", why="no SMTP host configured (HAVEN_SMTP_HOST)")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Rounds until `stop` is set: at once again after a full batch, else after the poll interval."""
-        log.info("notification_dispatcher_started", email=type(self.mail).__name__ if self.mail else None)
+        log.info("notification_dispatcher_started", mailer=type(self.mail).__name__ if self.mail else None)
         while not stop.is_set():
             busy = False
             try:
