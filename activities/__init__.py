@@ -15,6 +15,7 @@ from activities.stripe_events import StripeEvents
 from activities.stripe_rail import StripeRail, stripe_client
 from haven.db import Database
 from haven.grant_request import PaymentRail
+from haven.keys import case_keys
 from haven.settings import Settings
 
 
@@ -29,11 +30,12 @@ def rails(settings: Settings) -> dict[PaymentRail, Rail]:
 def build_activities(
     db: Database, settings: Settings, payment_rails: dict[PaymentRail, Rail] | None = None
 ) -> list[Callable[..., Any]]:
-    records = CaseRecords(db, settings.public_base_url)
-    screening = PayeeScreening(db, settings.denied_parties_file)
+    sealed = case_keys(settings)
+    records = CaseRecords(db, settings.public_base_url, sealed)
+    screening = PayeeScreening(db, settings.denied_parties_file, sealed)
     risk = RiskAssessor(db)
     budget = BudgetReservations(db)
-    payments = Disbursements(db, payment_rails or rails(settings))
+    payments = Disbursements(db, payment_rails or rails(settings), sealed)
     stripe_events = StripeEvents(db, settings.public_base_url)
     # Always registered: on a worker without the Stripe rail a run fails and says why.
     stripe = stripe_client(settings) if PaymentRail.STRIPE in settings.payment_rails else None

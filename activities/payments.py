@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
 from haven.case_events import DisbursementStarted, PaymentInstruction
+from haven.case_keys import CaseKeys
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Payment
 from haven.grant_request import PaymentRail
@@ -50,8 +51,9 @@ async def _heartbeating(call: Awaitable[DisbursementStarted]) -> DisbursementSta
 
 
 class Disbursements:
-    def __init__(self, db: Database, rails: dict[PaymentRail, Rail] | None = None):
+    def __init__(self, db: Database, rails: dict[PaymentRail, Rail] | None, case_keys: CaseKeys):
         self.db = db
+        self.case_keys = case_keys  # opens the payee's details for the rail
         # Manual payment needs nothing configured, so every worker can take it (finance may switch
         # a failed payment to it).
         self.rails: dict[PaymentRail, Rail] = {PaymentRail.MANUAL: ManualRail(), **(rails or {})}
@@ -102,6 +104,6 @@ class Disbursements:
                     payment.rail = instruction.rail
                     payment.failure_reason = None
                     payment.updated_at = now
-                return dict(request.sensitive["payee"])
+                return dict((await self.case_keys.details(session, request))["payee"])
         except IntegrityError:
             return await self._open_payment(instruction)

@@ -9,6 +9,7 @@ from temporalio import activity
 from haven import ledger
 from haven.audit_chain import append
 from haven.case_events import CaseEvent
+from haven.case_keys import ACCEPTANCE_NOTE, DECISION_NOTE, MESSAGE_BODY, REPORT_RECEIPTS, REPORT_TEXT, CaseKeys, Sealer
 from haven.db import Database, utcnow
 from haven.notifications.outbox import outbox_entry
 from haven.db.models import (
@@ -25,9 +26,10 @@ from policies.model import Policy
 
 
 class CaseRecords:
-    def __init__(self, db: Database, public_base_url: str):
+    def __init__(self, db: Database, public_base_url: str, case_keys: CaseKeys):
         self.db = db
         self.public_base_url = public_base_url.rstrip("/")
+        self.case_keys = case_keys
 
     @activity.defn
     async def load_pinned_policy(self, policy_hash: str) -> PolicyVersion:
@@ -47,8 +49,9 @@ class CaseRecords:
                 )
                 if already is not None:
                     return False
-                self._write(session, event)
-                await self._project(session, event)
+                sealer = await self._sealer(session, event)
+                self._write(session, event, sealer)
+                await self._project(session, event, sealer)
                 await append(session, self._audit_event(event))  # last: it takes the chain's lock
         except IntegrityError:
             # A concurrent attempt of this same activity won the race and wrote it all.
@@ -70,7 +73,13 @@ class CaseRecords:
             recorded_at=utcnow(),
         )
 
-    def _write(self, session, event: CaseEvent) -> None:
+    async def _sealer(self, session, event: CaseEvent) -> Sealer | None:
+        """The request's key, when the event carries text about the case (None otherwise)."""
+        if event.decision is None and event.message is None and event.report is None:
+            return None
+        return await self.case_keys.sealer(session, event.request_id)
+
+    def _write(self, session, event: CaseEvent, sealer: Sealer | None) -> None:
         if event.decision is not None:
             amount = event.decision.amount
             session.add(
@@ -82,7 +91,7 @@ class CaseRecords:
                     roles=[str(r) for r in event.actor.roles],
                     amount_minor=amount.minor_units if amount else None,
                     currency=amount.currency if amount else None,
-                    note=event.decision.note,
+                    note=sealer.seal(DECISION_NOTE, event.decision.note) if event.decision.note is not None else None,
                     decided_at=event.at,
                 )
             )
@@ -94,7 +103,7 @@ class CaseRecords:
                     kind=event.message.kind,
                     author=event.actor.subject,
                     tranche=event.message.tranche,
-                    body=event.message.body,
+                    body=sealer.seal(MESSAGE_BODY, event.message.body),
                     written_at=event.at,
                 )
             )
@@ -102,8 +111,8 @@ class CaseRecords:
             session.add(
                 FollowUpReportRecord(
                     request_id=event.request_id,
-                    text=event.report.text,
-                    receipts=event.report.receipts,
+                    text=sealer.seal(REPORT_TEXT, event.report.text),
+                    receipts=sealer.seal(REPORT_RECEIPTS, event.report.receipts),
                     submitted_by=event.actor.subject,
                     submitted_at=event.at,
                 )
@@ -120,7 +129,7 @@ class CaseRecords:
                 )
             )
 
-    async def _project(self, session, event: CaseEvent) -> None:
+    async def _project(self, session, event: CaseEvent, sealer: Sealer | None) -> None:
         now = utcnow()
         changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
         # Events may be recorded out of order (an update and the main loop at once): only a newer
@@ -138,7 +147,11 @@ class CaseRecords:
             await session.execute(
                 update(FollowUpReportRecord)
                 .where(FollowUpReportRecord.request_id == event.request_id)
-                .values(accepted_by=event.actor.subject, accepted_at=event.at, acceptance_note=event.report.note)
+                .values(
+                    accepted_by=event.actor.subject,
+                    accepted_at=event.at,
+                    acceptance_note=sealer.seal(ACCEPTANCE_NOTE, event.report.note) if event.report.note is not None else None,
+                )
             )
         if event.payment is not None:
             p = event.payment

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from temporalio import activity
 
+from haven.case_keys import CaseKeys
 from haven.db import Database
 from haven.db.models import GrantRequestRecord
 from haven.grant_request import ScreeningResult
@@ -14,8 +15,9 @@ from policies.screening import DeniedPartyList, load_denied_parties, screen
 
 
 class PayeeScreening:
-    def __init__(self, db: Database, denied_parties_file: Path):
+    def __init__(self, db: Database, denied_parties_file: Path, case_keys: CaseKeys):
         self.db = db
+        self.case_keys = case_keys
         self.path = Path(denied_parties_file)
         self._cached: tuple[float, DeniedPartyList] | None = None
 
@@ -29,6 +31,7 @@ class PayeeScreening:
     async def screen_payee(self, request_id: str) -> ScreeningResult:
         async with self.db.sessions() as session:
             record = await session.get(GrantRequestRecord, request_id)
-        if record is None:
-            raise LookupError(f"no grant request {request_id}")
-        return screen(record.sensitive["payee"]["name"], self._denied_parties())
+            if record is None:
+                raise LookupError(f"no grant request {request_id}")
+            details = await self.case_keys.details(session, record)
+        return screen(details["payee"]["name"], self._denied_parties())

@@ -9,7 +9,7 @@ from temporalio.client import Client
 
 from haven.db import Database
 from haven.intake import Intake, record_policy_version
-from haven.keys import payload_keys, pseudonym_index_key
+from haven.keys import case_keys, payload_keys, pseudonym_index_key
 from haven.settings import Settings, get_settings
 from haven.temporal import connect
 from api import openapi, problems
@@ -41,9 +41,12 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         temporal = client or await connect(settings)
         pinned = load_policy(settings.policy_file)
         await record_policy_version(database, pinned)
-        intake = Intake(database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings), settings.payment_rails)
+        sealed = case_keys(settings)
+        intake = Intake(
+            database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings), settings.payment_rails, case_keys=sealed
+        )
         app.state.services = Services(
-            settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute), payload_keys(settings)
+            settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute), payload_keys(settings), sealed
         )
         yield
         if own_db:

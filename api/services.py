@@ -9,9 +9,10 @@ from typing import Annotated
 from fastapi import Depends, Request
 from temporalio.client import Client
 
+from haven.case_keys import CaseKeys
 from haven.db import Database
 from haven.intake import Intake
-from haven.payload_codec import PayloadKeys
+from haven.keyring import KeyRing
 from haven.settings import Settings
 from api.auth import TokenVerifier
 from api.limits import RateLimit
@@ -25,7 +26,8 @@ class Services:
     intake: Intake
     verifier: TokenVerifier
     intake_rate: RateLimit
-    payload_keys: PayloadKeys
+    payload_keys: KeyRing
+    case_keys: CaseKeys
 
 
 def services(request: Request) -> Services:

@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from haven.case_keys import ERASED_DETAILS
 from haven.db.models import GrantRequestRecord
 from haven.db.queries import CaseFile
 from haven.grant_request import Actor
@@ -137,7 +138,10 @@ def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
     record = case.request
     reads_case = may_read_case(reader)
     # Finance needs the payee to pay; only people working the case see the defender and narrative.
-    details = record.sensitive if reads_case else {"payee": record.sensitive["payee"]}
+    if record.sensitive == ERASED_DETAILS:  # its key was destroyed: the details are gone for good
+        details = ERASED_DETAILS
+    else:
+        details = record.sensitive if reads_case else {"payee": record.sensitive["payee"]}
     return GrantRequestView(
         **_summary_fields(record),
         threat_level=record.threat_level,

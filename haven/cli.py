@@ -62,13 +62,13 @@ def main(argv: list[str] | None = None) -> int:
                               "altered, inserted or removed")
     keys = commands.add_parser("keys", help="generate keys for the settings")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    payload = keys_commands.add_parser("payload", help="a new Temporal payload key, as id:base64key (HAVEN_PAYLOAD_KEYS)")
-    payload.add_argument("--id", required=True, help="the key's id, e.g. 2027-01 (letters, digits, '-', '_')")
+    new_key = keys_commands.add_parser("new", help="a new AES-256 key as id:base64key, for HAVEN_PAYLOAD_KEYS or HAVEN_MASTER_KEYS")
+    new_key.add_argument("--id", required=True, help="the key's id, e.g. 2027-01 (letters, digits, '-', '_')")
     args = parser.parse_args(argv)
     if args.command == "keys":
-        from haven.payload_codec import PayloadKeys
+        from haven.keyring import KeyRing
 
-        print(PayloadKeys.generate(args.id))
+        print(KeyRing.generate(args.id))
         return 0
     settings = get_settings()
     configure_logging(dev_mode=settings.dev_mode)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     from api.jwks import ConfigurationError
     from haven.keys import MissingSecret
-    from haven.payload_codec import PayloadKeyError
+    from haven.keyring import KeyRingError
 
     try:
         if args.command in ("api", "worker") and (problem := settings.local_stripe_problem(args.command)):
@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             TokenVerifier(settings)  # a wrong identity setup is reported before anything starts
         with contextlib.suppress(KeyboardInterrupt):
             return asyncio.run(runners[args.command](settings)) or 0
-    except (ConfigurationError, MissingSecret, PayloadKeyError, Unavailable, Misconfigured) as error:
+    except (ConfigurationError, MissingSecret, KeyRingError, Unavailable, Misconfigured) as error:
         print(f"haven: {error}", file=sys.stderr)
         return 2
     return 0
@@ -212,13 +212,16 @@ async def _seed_dev_budget(db, settings: Settings) -> None:
 
 async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> None:
     from haven.intake import Intake, start_unstarted
-    from haven.keys import pseudonym_index_key
+    from haven.keys import case_keys, pseudonym_index_key
     from haven.notifications import NotificationDispatcher
     from haven.schedules import ensure_schedules
     from haven.worker import build_worker
     from policies import load_policy
 
-    intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings), settings.payment_rails)
+    intake = Intake(
+        db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings),
+        settings.payment_rails, case_keys=case_keys(settings),
+    )  # fmt: skip
     worker = build_worker(client, db, settings)
     await ensure_schedules(client, settings)  # the daily reconciliation, when Stripe is configured
     # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.

@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
 from haven.audit import record_change
+from haven.case_keys import SENSITIVE, CaseKeys
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Organisation, PolicyRecord
 from haven.grant_request import SYSTEM, Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
@@ -87,7 +88,10 @@ class Intake:
         policy: PolicyVersion,
         index_key: bytes,
         rails: frozenset[PaymentRail] = frozenset({PaymentRail.MANUAL}),
+        *,
+        case_keys: CaseKeys,
     ):
+        self.case_keys = case_keys  # the request's details are sealed with a key of its own
         self.rails = rails  # the payment rails this deployment is configured for
         self.db = db
         self.client = client
@@ -138,7 +142,6 @@ class Intake:
             rail=submission.payee.rail,
             policy_hash=self.policy.hash,
             defender_ref=defender_ref(submission.defender.pseudonym, self.index_key),
-            sensitive=submission.sensitive_details(),
             status=Status.RECEIVED,
             status_seq=0,
             escalated=False,
@@ -153,7 +156,11 @@ class Intake:
                     raise IntakeRefused("forbidden", f"organisation {organisation_id} is not registered with the fund")
                 if not organisation.active:
                     raise IntakeRefused("forbidden", f"organisation {organisation_id} is suspended and cannot submit")
+                sealer, key = self.case_keys.new(record.id, now)
+                record.sensitive = sealer.seal(SENSITIVE, submission.sensitive_details())
                 session.add(record)
+                await session.flush()
+                session.add(key)
         except IntegrityError:
             # The same key arrived twice at once: the other one was stored first.
             existing = await self._find(organisation_id, idempotency_key)

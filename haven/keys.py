@@ -42,7 +42,22 @@ def pseudonym_index_key(settings: Settings) -> bytes:
 
 def payload_keys(settings: Settings):
     """The keys that seal Temporal payloads (haven.payload_codec), current first."""
-    from haven.payload_codec import PayloadKeys
+    from haven.keyring import KeyRing
 
-    text = _secret(settings, settings.payload_keys, "payload-keys", "HAVEN_PAYLOAD_KEYS", lambda: PayloadKeys.generate("dev-1"))
-    return PayloadKeys.parse(text)
+    text = _secret(settings, settings.payload_keys, "payload-keys", "HAVEN_PAYLOAD_KEYS", lambda: KeyRing.generate("dev-1"))
+    return KeyRing.parse(text, "HAVEN_PAYLOAD_KEYS")
+
+
+def master_keys(settings: Settings):
+    """The master keys that wrap each request's data key (haven.case_keys), current first."""
+    from haven.keyring import KeyRing
+
+    text = _secret(settings, settings.master_keys, "master-keys", "HAVEN_MASTER_KEYS", lambda: KeyRing.generate("dev-1"))
+    return KeyRing.parse(text, "HAVEN_MASTER_KEYS")
+
+
+def case_keys(settings: Settings):
+    """Each request's data key, wrapped by the master keys held in the settings."""
+    from haven.case_keys import CaseKeys, MasterKeys
+
+    return CaseKeys(MasterKeys(master_keys(settings)))

@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     # Keys that seal every payload sent to Temporal (haven.payload_codec): `id:base64key,...`,
     # the current one first; older ones stay for the histories written under them.
     payload_keys: str = ""
+    # Master keys that wrap each request's data key (haven.case_keys); the same `id:base64key,...`.
+    master_keys: str = ""
     # Browser origins (Temporal's web UI) allowed to call the codec endpoint, /v1/codec.
     codec_cors_origins: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"])
 

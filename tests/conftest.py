@@ -23,7 +23,9 @@ from haven.money import Money
 from haven.intake import record_policy_version
 from haven.settings import REPO_ROOT, Settings
 from haven.stripe_local import LocalStripe
-from haven.payload_codec import PayloadKeys, data_converter
+from haven.case_keys import CaseKeys, MasterKeys
+from haven.keyring import KeyRing
+from haven.payload_codec import data_converter
 from policies import load_policy
 
 # The `api` fixture (the app over a time-skipping server) is shared by several test modules.
@@ -49,8 +51,10 @@ def default_policy():
 
 
 # The tests' payload keys: "test-2" seals, "test-1" still opens (a rotation in progress).
-TEST_PAYLOAD_KEYS = f"{PayloadKeys.generate('test-2')},{PayloadKeys.generate('test-1')}"
-DATA_CONVERTER = data_converter(PayloadKeys.parse(TEST_PAYLOAD_KEYS))
+TEST_PAYLOAD_KEYS = f"{KeyRing.generate('test-2')},{KeyRing.generate('test-1')}"
+DATA_CONVERTER = data_converter(KeyRing.parse(TEST_PAYLOAD_KEYS))
+TEST_MASTER_KEYS = f"{KeyRing.generate('master-2')},{KeyRing.generate('master-1')}"
+TEST_CASE_KEYS = CaseKeys(MasterKeys(KeyRing.parse(TEST_MASTER_KEYS)))
 
 
 def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
@@ -61,6 +65,7 @@ def make_settings(tmp: Path, database_url: str, **overrides) -> Settings:
         "jwt_secret": "test-secret-" + "x" * 32,
         "pseudonym_index_key": "test-pseudonym-key",
         "payload_keys": TEST_PAYLOAD_KEYS,
+        "master_keys": TEST_MASTER_KEYS,
         "task_queue": f"test-{uuid.uuid4().hex[:8]}",
         "intake_rate_per_minute": 10_000,
     }
@@ -204,7 +209,7 @@ async def harness(time_skipping_env, db, tmp_path, default_policy):
     from tests.ledger_checks import assert_ledger_balances
 
     settings = make_settings(tmp_path, db.url)
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", case_keys=TEST_CASE_KEYS)
     async with build_worker(time_skipping_env.client, db, settings):
         yield Harness(time_skipping_env, intake, db)
     await assert_ledger_balances(db)

@@ -13,6 +13,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
+from haven.case_keys import ACCEPTANCE_NOTE, REPORT_RECEIPTS, REPORT_TEXT
 from haven.db import Database
 from haven.db.models import AuditEvent, BudgetReservation, FollowUpReportRecord, GrantRequestRecord, Notification, Payment
 from haven.grant_request import (
@@ -195,8 +196,17 @@ class Harness:
             return list(rows)
 
     async def report_row(self, request_id: str) -> FollowUpReportRecord | None:
+        """The stored report, its sealed fields opened as a reader of the case sees them."""
         async with self.db.sessions() as session:
-            return await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == request_id))
+            report = await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == request_id))
+            if report is None:
+                return None
+            sealer = await self.intake.case_keys.sealer(session, request_id)
+            session.expunge(report)
+        report.text = sealer.open(REPORT_TEXT, report.text)
+        report.receipts = sealer.open(REPORT_RECEIPTS, report.receipts)
+        report.acceptance_note = sealer.open(ACCEPTANCE_NOTE, report.acceptance_note)
+        return report
 
     async def notifications(self, request_id: str) -> list[Notification]:
         async with self.db.sessions() as session:

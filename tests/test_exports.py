@@ -27,7 +27,8 @@ from haven.exports.spec import ExportFormat, ExportKind, ExportSpec, Period
 from haven.grant_request import SYSTEM, Actor, Role
 from haven.money import Money
 from haven.settings import REPO_ROOT
-from tests.api_harness import Api, BODY, assert_problem, stored_counts
+from tests.api_harness import Api, assert_problem, stored_counts
+from tests.canaries import CANARIES, case_through_to_closed
 from tests.ledger_checks import assert_ledger_balances
 
 FINANCE = Actor(subject="fin-1", roles=[Role.FINANCE])
@@ -200,52 +201,8 @@ async def test_a_failed_export_leaves_no_file_behind(db, tmp_path, monkeypatch):
 
 # --- no defender's detail in any export -------------------------------------------------------
 
-CANARIES = {
-    "pseudonym": "canary-pseudonym-7f3a",
-    "payee_name": "Canary Payee 5d1e Advocates",
-    "account": "KE99 CANARY 4b2c",
-    "threat_summary": "canary-threat-9a8b detained at the border",
-    "purpose": "canary-purpose-2c4d lawyer retainer",
-    "question": "canary-question-6e5f please send the quote",
-    "answer": "canary-answer-1a2b the quote is attached",
-    "approval_note": "canary-approval-3c4d",
-    "report": "canary-report-8d9e the hearing took place",
-    "receipt": "canary-receipt-0f1a",
-    "acceptance": "canary-acceptance-7b6c",
-}
-
-
-async def _case_through_to_closed(api: Api) -> str:
-    body = {
-        **BODY,
-        "threat_summary": CANARIES["threat_summary"], "purpose": CANARIES["purpose"],
-        "defender": {"pseudonym": CANARIES["pseudonym"]},
-        "payee": {"name": CANARIES["payee_name"], "country": "KE", "account": CANARIES["account"]},
-    }  # fmt: skip
-    created = await api.submit(body)
-    assert created.status_code == 202, created.text
-    request_id = created.json()["id"]
-    url = f"/v1/grant-requests/{request_id}"
-    cw, intermediary, finance = api.token("caseworker", "cw-1"), api.intermediary(), api.token("finance", "fin-1")
-
-    async def step(path: str, body: dict, headers: dict, then: str) -> None:
-        response = await api.http.post(url + path, json=body, headers=headers)
-        assert response.status_code == 200, response.text
-        await api.until_status(request_id, then)
-
-    await api.until_status(request_id, "awaiting_decision")
-    await step("/decisions", {"kind": "request_information", "note": CANARIES["question"]}, cw, "information_requested")
-    await step("/information", {"answer": CANARIES["answer"]}, intermediary, "awaiting_decision")
-    amount = {"minor_units": 150_000, "currency": "EUR"}
-    await step("/decisions", {"kind": "approve", "amount": amount, "note": CANARIES["approval_note"]}, cw, "payment_pending")
-    await step("/payments", {"amount": amount, "reference": "SEPA-2031-1", "paid_on": date.today().isoformat()}, finance, "follow_up")
-    await step("/reports", {"text": CANARIES["report"], "receipts": [CANARIES["receipt"]]}, intermediary, "follow_up")
-    await step("/report-acceptance", {"note": CANARIES["acceptance"]}, cw, "closed")
-    return request_id
-
-
 async def test_no_export_holds_a_defender_s_or_payee_s_detail(api: Api, tmp_path):
-    request_id = await _case_through_to_closed(api)
+    request_id = await case_through_to_closed(api)
     # The canaries are where they belong: in the case, for those entitled to read it.
     case = (await api.http.get(f"/v1/grant-requests/{request_id}", headers=api.token("caseworker", "cw-1"))).text
     assert CANARIES["payee_name"] in case and CANARIES["threat_summary"] in case
@@ -326,7 +283,7 @@ async def test_an_export_is_recorded_in_the_audit_log_with_its_manifest(api: Api
 
 
 async def test_the_summary_gives_money_paid_by_category_country_and_month_and_open_commitments(api: Api):
-    await _case_through_to_closed(api)
+    await case_through_to_closed(api)
     waiting = await api.submit()  # another, left awaiting a decision
     await api.until_status(waiting.json()["id"], "awaiting_decision")
     today = date.today()

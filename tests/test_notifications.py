@@ -35,7 +35,7 @@ from haven.notifications.dispatcher import MAX_BACKOFF, backoff
 from haven.notifications.fanout import fan_out
 from haven.notifications.webhooks import sign
 from haven.worker import build_worker
-from tests.conftest import make_settings
+from tests.conftest import TEST_CASE_KEYS, make_settings
 from tests.harness import Harness, caseworker
 
 SECRET = "whsec_test_secret"
@@ -462,7 +462,7 @@ async def test_a_real_case_notifies_without_personal_data(db, tmp_path, inbox, r
     await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", receiver.url, SECRET)
     settings = make_settings(tmp_path, db.url, smtp_host="127.0.0.1", smtp_port=inbox.port)
     case_secrets = ["ZQXJ-7731", "Rue Obscure", "kestrel-UNIQUE-42", "Sekret Holdings", "KE99 SECRET 0001", "Which flat"]
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key")
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", case_keys=TEST_CASE_KEYS)
     async with build_worker(time_skipping_env.client, db, settings):
         harness = Harness(time_skipping_env, intake, db)
         handle = await harness.submit(

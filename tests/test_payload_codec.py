@@ -13,12 +13,13 @@ import structlog
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
-from haven.payload_codec import ENCODING, KEY_ID, EncryptionCodec, PayloadKeyError, PayloadKeys
+from haven.keyring import KeyRing, KeyRingError
+from haven.payload_codec import ENCODING, KEY_ID, EncryptionCodec
 from tests.api_harness import Api, assert_problem
 from tests.conftest import TEST_PAYLOAD_KEYS
 
-OLD = PayloadKeys.parse(TEST_PAYLOAD_KEYS.split(",")[1])  # test-1 alone, before the rotation
-ROTATED = PayloadKeys.parse(TEST_PAYLOAD_KEYS)  # test-2 seals, test-1 still opens
+OLD = KeyRing.parse(TEST_PAYLOAD_KEYS.split(",")[1])  # test-1 alone, before the rotation
+ROTATED = KeyRing.parse(TEST_PAYLOAD_KEYS)  # test-2 seals, test-1 still opens
 
 
 def _payload(text: str) -> Payload:
@@ -39,7 +40,7 @@ async def test_after_rotation_payloads_sealed_under_the_old_key_still_open():
     [old] = await EncryptionCodec(OLD).encode([_payload("written last year")])
     assert old.metadata[KEY_ID] == b"test-1"
     assert await EncryptionCodec(ROTATED).decode([old]) == [_payload("written last year")]
-    with pytest.raises(PayloadKeyError, match="test-2.*not configured"):
+    with pytest.raises(KeyRingError, match="test-2.*not configured"):
         await EncryptionCodec(OLD).decode(await EncryptionCodec(ROTATED).encode([_payload("new")]))
 
 
@@ -47,10 +48,10 @@ async def test_a_tampered_payload_or_a_swapped_key_id_is_refused():
     codec = EncryptionCodec(ROTATED)
     [sealed] = await codec.encode([_payload("x")])
     flipped = Payload(metadata=dict(sealed.metadata), data=sealed.data[:-1] + bytes([sealed.data[-1] ^ 1]))
-    with pytest.raises(PayloadKeyError, match="does not open"):
+    with pytest.raises(KeyRingError, match="does not open"):
         await codec.decode([flipped])
     relabelled = Payload(metadata={**sealed.metadata, KEY_ID: b"test-1"}, data=sealed.data)
-    with pytest.raises(PayloadKeyError, match="does not open"):
+    with pytest.raises(KeyRingError, match="does not open"):
         await codec.decode([relabelled])
 
 
@@ -66,13 +67,13 @@ async def test_payloads_written_before_encryption_pass_through():
         ("k1", "id:base64key"),
         ("k1:not-base64!", "not base64"),
         (f"k1:{base64.b64encode(b'short').decode()}", "5 bytes; AES-256 needs 32"),
-        (f"{PayloadKeys.generate('k1')},{PayloadKeys.generate('k1')}", "unique"),
-        (PayloadKeys.generate("bad id"), "letters, digits"),
+        (f"{KeyRing.generate('k1')},{KeyRing.generate('k1')}", "unique"),
+        (KeyRing.generate("bad id"), "letters, digits"),
     ],
 )
 def test_unusable_keys_are_refused_at_start(text, says):
-    with pytest.raises(PayloadKeyError, match=says):
-        PayloadKeys.parse(text)
+    with pytest.raises(KeyRingError, match=says):
+        KeyRing.parse(text)
 
 
 async def test_temporal_s_history_holds_no_text_of_the_case(api: Api, time_skipping_env):
@@ -144,7 +145,7 @@ async def test_the_codec_endpoint_refuses_other_roles_no_token_and_bad_bodies(ap
     for bad in ({"payloads": [{"data": 5}]}, {"payloads": [{"data": "not base64!"}]}, {"payloads": "x"}):
         response = await api.http.post("/v1/codec/decode", json=bad, headers=api.token("caseworker", "cw-1"))
         assert_problem(response, 422, "validation-error")
-    [foreign] = await EncryptionCodec(PayloadKeys.parse(PayloadKeys.generate("elsewhere"))).encode([_payload("x")])
+    [foreign] = await EncryptionCodec(KeyRing.parse(KeyRing.generate("elsewhere"))).encode([_payload("x")])
     refused = await api.http.post("/v1/codec/decode", json=_body([foreign]), headers=api.token("caseworker", "cw-1"))
     assert "elsewhere" in assert_problem(refused, 422, "payload-refused")["detail"]
 

@@ -18,7 +18,7 @@ from haven.grant_request import PaymentRail, Withdrawal
 from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.worker import build_worker
-from tests.conftest import make_settings
+from tests.conftest import TEST_CASE_KEYS, make_settings
 from tests.harness import Harness, caseworker, intermediary
 from workflows import GrantRequestWorkflow
 
@@ -55,7 +55,7 @@ def run(time_skipping_env, db, tmp_path, default_policy):
         settings = make_settings(tmp_path, db.url)
         worker = build_worker(time_skipping_env.client, db, settings, {PaymentRail.STRIPE: rail})
         rails = frozenset({PaymentRail.MANUAL, PaymentRail.STRIPE})
-        intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", rails)
+        intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", rails, case_keys=TEST_CASE_KEYS)
         return Harness(time_skipping_env, intake, db), worker
 
     return start

@@ -38,7 +38,7 @@ from haven.stripe_local import LocalStripe
 from haven.stripe_transfers import Transfer
 from haven.worker import build_worker
 from tests.api_harness import assert_problem, stored_counts
-from tests.conftest import DATA_CONVERTER, make_settings, venv_binary
+from tests.conftest import TEST_CASE_KEYS, DATA_CONVERTER, make_settings, venv_binary
 from tests.harness import intermediary, submission
 from workflows import ReconciliationWorkflow
 
@@ -189,7 +189,7 @@ _keys = itertools.count()
 
 async def ledger_payment(db, policy, *, amount: int, reference: str | None, paid_on: date = DAY, status: str = "paid") -> str:
     """A request and its first tranche's payment as the ledger records it; returns the request id."""
-    intake = Intake(db, _NoTemporal(), "q", policy, b"index-key")
+    intake = Intake(db, _NoTemporal(), "q", policy, b"index-key", case_keys=TEST_CASE_KEYS)
     request_id = (await intake.submit(submission(), intermediary(), f"rc-{next(_keys)}")).record.id
     now = utcnow()
     async with db.transaction() as session:

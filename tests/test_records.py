@@ -26,6 +26,7 @@ from haven.case_events import (
 from haven.db.models import AuditEvent, BudgetReservation, Decision, GrantRequestRecord, LedgerEntry, Notification, Payment
 from haven.intake import Intake
 from haven.money import Money
+from tests.conftest import TEST_CASE_KEYS
 from tests.harness import caseworker, intermediary, submission
 
 T0 = datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
@@ -43,7 +44,7 @@ _keys = itertools.count()
 
 
 async def _stored_request(db, default_policy, **overrides) -> str:
-    intake = Intake(db, _NoTemporal(), "q", default_policy, b"index-key")
+    intake = Intake(db, _NoTemporal(), "q", default_policy, b"index-key", case_keys=TEST_CASE_KEYS)
     accepted = await intake.submit(submission(**overrides), intermediary(), f"key-{next(_keys)}")
     return accepted.record.id
 
@@ -67,14 +68,16 @@ async def test_intake_stores_even_when_temporal_is_down(db, default_policy):
     request_id = await _stored_request(db, default_policy)
     async with db.sessions() as session:
         record = await session.get(GrantRequestRecord, request_id)
+        details = await TEST_CASE_KEYS.details(session, record)
     assert record.status == "received" and record.status_seq == 0
-    assert record.sensitive["defender"]["pseudonym"] == "falcon-17"
+    assert "falcon" not in str(record.sensitive) and record.sensitive.startswith("sealed:v1:")
+    assert details["defender"]["pseudonym"] == "falcon-17"
     assert "falcon" not in record.defender_ref and len(record.defender_ref) == 64
 
 
 async def test_record_event_is_idempotent_and_atomic(db, default_policy):
     request_id = await _stored_request(db, default_policy)
-    records = CaseRecords(db, "http://haven.test")
+    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
     event = _event(
         request_id, 1, "awaiting_decision",
         decision=DecisionEntry(kind="approve", amount=Money(minor_units=5, currency="EUR")),
@@ -99,7 +102,7 @@ async def test_record_event_is_idempotent_and_atomic(db, default_policy):
 
 async def test_late_events_do_not_move_the_status_back(db, default_policy):
     request_id = await _stored_request(db, default_policy)
-    records = CaseRecords(db, "http://haven.test")
+    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
     await records.record_event(_event(request_id, 3, "approved"))
     await records.record_event(_event(request_id, 2, "awaiting_decision", projection=RequestProjection(escalated=True)))
     async with db.sessions() as session:
@@ -132,8 +135,8 @@ async def test_reservations_are_idempotent(db, default_policy):
 
 async def test_one_payment_row_per_tranche_across_retries(db, default_policy):
     request_id = await _stored_request(db, default_policy)
-    payments = Disbursements(db)
-    records = CaseRecords(db, "http://haven.test")
+    payments = Disbursements(db, None, TEST_CASE_KEYS)
+    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
     instruction = PaymentInstruction(
         request_id=request_id, tranche=1, attempt=1, rail="manual",
         amount=Money(minor_units=150_000, currency="EUR"), amount_base_minor=150_000,

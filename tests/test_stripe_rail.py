@@ -16,7 +16,7 @@ from haven.lifecycle import Status
 from haven.money import Money
 from haven.stripe_local import LocalStripe
 from haven.worker import build_worker
-from tests.conftest import make_settings
+from tests.conftest import TEST_CASE_KEYS, make_settings
 from tests.harness import Harness, caseworker
 
 PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_payee1"}
@@ -150,5 +150,5 @@ async def test_a_refusal_by_stripe_releases_the_budget(local_stripe, time_skippi
 
 def _harness(local_stripe, time_skipping_env, db, tmp_path, default_policy):
     settings = make_settings(tmp_path, db.url, stripe_api_key=local_stripe.api_key, stripe_api_base=local_stripe.url)
-    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
+    intake = Intake(db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails, case_keys=TEST_CASE_KEYS)
     return Harness(time_skipping_env, intake, db), settings

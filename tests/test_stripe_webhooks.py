@@ -27,7 +27,7 @@ from haven.lifecycle import Status
 from haven.localstack import free_port
 from haven.stripe_local import LocalStripe, sign_payload
 from haven.worker import build_worker
-from tests.conftest import make_settings
+from tests.conftest import TEST_CASE_KEYS, make_settings
 from haven.settings import REPO_ROOT
 from tests.harness import SAMPLE_REQUEST, Harness, caseworker
 from workflows import GrantRequestWorkflow
@@ -317,14 +317,14 @@ async def test_a_worker_killed_during_the_transfer_call_pays_exactly_once(
     env = {
         **os.environ,
         **{f"HAVEN_{name.upper()}": str(getattr(settings, name)) for name in (
-            "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key", "payload_keys")},
+            "database_url", "task_queue", "stripe_api_key", "stripe_api_base", "pseudonym_index_key", "payload_keys", "master_keys")},
         "HAVEN_TEMPORAL_ADDRESS": time_skipping_env.client.service_client.config.target_host,
     }  # fmt: skip
     # Stripe takes 3 s over the transfer; it is made even though the caller is gone by then.
     stripe_server.control.inject_fault("delay", seconds=3)
     worker = subprocess.Popen([sys.executable, "-m", "tests.payment_worker"], env=env, cwd=REPO_ROOT)
     try:
-        intake = Intake(sqlite_db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails)
+        intake = Intake(sqlite_db, time_skipping_env.client, settings.task_queue, default_policy, b"index-key", settings.payment_rails, case_keys=TEST_CASE_KEYS)
         harness = Harness(time_skipping_env, intake, sqlite_db)
         handle = await harness.submit(payee=PAYEE)
         await harness.until(handle, Status.AWAITING_DECISION, timeout=30)

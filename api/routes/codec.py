@@ -22,7 +22,8 @@ from temporalio.api.common.v1 import Payloads
 
 from haven.audit import record_change
 from haven.grant_request import Actor, Role
-from haven.payload_codec import EncryptionCodec, PayloadKeyError
+from haven.keyring import KeyRingError
+from haven.payload_codec import EncryptionCodec
 from api.auth import current_actor
 from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
@@ -109,7 +110,7 @@ async def _transcode(svc: Services, request: Request, body: PayloadsJson, actor:
     codec = EncryptionCodec(svc.payload_keys)
     try:
         done = await (codec.decode if direction == "decode" else codec.encode)(list(payloads.payloads))
-    except PayloadKeyError as error:
+    except KeyRingError as error:
         raise Problem(422, "payload-refused", str(error)) from None
     if direction == "decode":
         async with svc.db.transaction() as session:

@@ -143,7 +143,7 @@ async def get_grant_request(
     """The case file. Every read is audited (who, when, which request) before it is returned."""
     record = await _visible(svc, request_id, actor)
     await record_case_read(svc.db, actor, request_id, view="case" if may_read_case(actor) else "payment")
-    return full_view(await case_file(svc.db, record), actor)
+    return full_view(await case_file(svc.db, record, svc.case_keys), actor)
 
 
 @router.put("/{request_id}/assignment", response_model=GrantRequestSummary, responses=PROBLEMS)
@@ -232,18 +232,20 @@ async def retry_payment(
     """Finance retries a failed payment; with `rail` it is paid through another rail from now on
     (e.g. `manual` after Stripe refused the transfer)."""
     if body.rail is not None:
-        _check_rail(svc, await _visible(svc, request_id, actor), body.rail)
+        await _check_rail(svc, await _visible(svc, request_id, actor), body.rail)
     return await _act(svc, request_id, actor, GrantRequestWorkflow.retry_payment, PaymentRetry(actor=actor, **body.model_dump()))
 
 
-def _check_rail(svc: Services, record, rail: PaymentRail) -> None:
+async def _check_rail(svc: Services, record, rail: PaymentRail) -> None:
     """A switch is refused before it reaches the workflow when this fund or the payee's record
     cannot pay through the rail (the payee is checked by the same model as at intake)."""
     if rail not in svc.settings.payment_rails:
         detail = f"this fund does not pay through {rail}"
     else:
         try:
-            Payee.model_validate({**record.sensitive["payee"], "rail": rail})
+            async with svc.db.sessions() as session:
+                payee = (await svc.case_keys.details(session, record))["payee"]
+            Payee.model_validate({**payee, "rail": rail})
             return
         except ValidationError:
             detail = f"the payee has no account for the {rail} rail (a Stripe connected account)"

@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -146,6 +147,20 @@ class GrantRequestRecord(Base):
 
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+
+class CaseKey(Base):
+    """A request's data key, wrapped by a master key (haven.case_keys). Destroying it (the wrapped
+    key overwritten with NULL) makes the request's sealed details unreadable for good."""
+
+    __tablename__ = "case_keys"
+
+    request_id: Mapped[str] = mapped_column(ForeignKey("grant_requests.id"), primary_key=True)
+    master_key_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    destroyed_at: Mapped[datetime | None]
+    destroyed_why: Mapped[str | None] = mapped_column(String(200))
 
 
 class AuditEvent(Base):

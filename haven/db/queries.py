@@ -10,6 +10,9 @@ from datetime import datetime
 
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
+from haven.case_keys import (
+    ACCEPTANCE_NOTE, DECISION_NOTE, ERASED, ERASED_DETAILS, MESSAGE_BODY, REPORT_RECEIPTS, REPORT_TEXT, SENSITIVE, CaseKeys,
+)  # fmt: skip
 from haven.db import Database
 from haven.lifecycle import TERMINAL
 from haven.db.models import AuditEvent, CaseMessage, Decision, FollowUpReportRecord, GrantRequestRecord, Payment
@@ -79,14 +82,16 @@ async def find_request(db: Database, request_id: str, organisation_id: str | Non
     return record
 
 
-async def case_file(db: Database, record: GrantRequestRecord) -> CaseFile:
+async def case_file(db: Database, record: GrantRequestRecord, case_keys: CaseKeys) -> CaseFile:
+    """Everything about one request, its sealed fields opened (or `[erased]` once its key is gone).
+    The rows are detached copies for the view: opening them never writes anything back."""
     async with db.sessions() as session:
 
         async def rows(model, *order) -> list:
             query: Select = select(model).where(model.request_id == record.id).order_by(*order)
             return list(await session.scalars(query))
 
-        return CaseFile(
+        file = CaseFile(
             request=record,
             decisions=await rows(Decision, Decision.seq),
             payments=await rows(Payment, Payment.tranche),
@@ -101,6 +106,28 @@ async def case_file(db: Database, record: GrantRequestRecord) -> CaseFile:
             messages=await rows(CaseMessage, CaseMessage.seq),
             report=await session.scalar(select(FollowUpReportRecord).where(FollowUpReportRecord.request_id == record.id)),
         )
+        sealer = await case_keys.sealer(session, record.id)
+        session.expunge_all()
+    if sealer.destroyed:  # crypto-shredded: what was sealed reads as erased, in the fields' own shapes
+        record.sensitive = ERASED_DETAILS
+        for decision in file.decisions:
+            decision.note = ERASED if decision.note is not None else None
+        for message in file.messages:
+            message.body = ERASED_DETAILS
+        if file.report is not None:
+            file.report.text, file.report.receipts = ERASED, []
+            file.report.acceptance_note = ERASED if file.report.acceptance_note is not None else None
+        return file
+    record.sensitive = sealer.open(SENSITIVE, record.sensitive)
+    for decision in file.decisions:
+        decision.note = sealer.open(DECISION_NOTE, decision.note)
+    for message in file.messages:
+        message.body = sealer.open(MESSAGE_BODY, message.body)
+    if file.report is not None:
+        file.report.text = sealer.open(REPORT_TEXT, file.report.text)
+        file.report.receipts = sealer.open(REPORT_RECEIPTS, file.report.receipts)
+        file.report.acceptance_note = sealer.open(ACCEPTANCE_NOTE, file.report.acceptance_note)
+    return file
 
 
 async def list_requests(db: Database, where: QueueFilter) -> tuple[list[GrantRequestRecord], QueuePosition | None]:
