@@ -9,6 +9,7 @@ from activities.budget import BudgetReservations
 from activities.payments import Disbursements, ManualRail, Rail
 from activities.reconciliation import StripeReconciliation
 from activities.records import CaseRecords
+from activities.retention import CaseDataRetention
 from activities.risk import RiskAssessor
 from activities.screening import PayeeScreening
 from activities.stripe_events import StripeEvents
@@ -37,6 +38,7 @@ def build_activities(
     budget = BudgetReservations(db)
     payments = Disbursements(db, payment_rails or rails(settings), sealed)
     stripe_events = StripeEvents(db, settings.public_base_url)
+    retention = CaseDataRetention(db, sealed)
     # Always registered: on a worker without the Stripe rail a run fails and says why.
     stripe = stripe_client(settings) if PaymentRail.STRIPE in settings.payment_rails else None
     reconciliation = StripeReconciliation(db, stripe, settings.public_base_url)
@@ -52,4 +54,5 @@ def build_activities(
         reconciliation.open_reconciliation_run,
         reconciliation.reconcile_stripe_day,
         reconciliation.fail_reconciliation_run,
+        retention.destroy_expired_case_data,
     ]

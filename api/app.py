@@ -15,12 +15,12 @@ from haven.temporal import connect
 from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
-from api.routes import audit, budget, codec, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
+from api.routes import audit, budget, codec, erasure, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
 
 
-ROUTERS = [health.router, grant_requests.router, refunds.router, budget.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router, codec.router]
+ROUTERS = [health.router, grant_requests.router, refunds.router, erasure.router, budget.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router, codec.router]
 
 
 def routes():

@@ -46,6 +46,7 @@ class Operation(StrEnum):
     EXPORT = "export the ledger or the audit log"
     READ_SUMMARY = "read the fund's totals and open commitments"
     VERIFY_AUDIT = "verify the audit log's hash chain"
+    ERASE = "erase a request that is over (its details destroyed for good)"
     DECODE_PAYLOADS = "open or seal Temporal payloads for the web UI (opening is audited)"
 
 
@@ -77,6 +78,7 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.EXPORT: frozenset({R.FINANCE}),
     Operation.READ_SUMMARY: frozenset({R.FINANCE, R.DIRECTOR}),
     Operation.VERIFY_AUDIT: frozenset({R.FINANCE, R.DIRECTOR, R.ADMIN}),
+    Operation.ERASE: frozenset({R.ADMIN}),
     Operation.DECODE_PAYLOADS: frozenset({R.CASEWORKER, R.DIRECTOR}),
 }
 

@@ -79,6 +79,9 @@ class Policy(Rule):
     # While a category's budget cannot take an approved request, it is tried again this often (and
     # at once when finance changes an allocation).
     funds_recheck_minutes: PositiveInt = 60
+    # Days after a request is over (closed, rejected, withdrawn, expired) until its details are
+    # destroyed by crypto-shredding (haven.retention); the ledger and the audit log stay.
+    retention_days: PositiveInt = 730
     follow_up: FollowUpRule
     housing: HousingRule
     country_risk: dict[Literal["elevated", "high"], list[str]]

@@ -91,6 +91,7 @@ ENDPOINTS = [
     E("GET", "/v1/budget/summary", {D, F}),
     E("GET", "/v1/exports/{kind}?from=2026-01-01&to=2026-01-02", {F}),
     E("GET", "/v1/exports/{export_id}/manifest", {F}),
+    E("POST", "/v1/grant-requests/{id}/erasure", {A}, {"reason": "asked by the defender"}),
     E("POST", "/v1/codec/decode", {C, D}, {"payloads": []}),
     E("POST", "/v1/codec/encode", {C, D}, {"payloads": []}),
 ]
@@ -182,7 +183,8 @@ async def test_role_endpoint_organisation(access: Access, endpoint: Endpoint, ro
     else:
         # Reached the operation: done, or refused by the workflow for the request's current status.
         assert response.status_code in (200, 201, 202, 409), response.text
-        refusals = {"urn:haven:problem:action-refused", "urn:haven:problem:refund-refused"}  # nothing was paid yet
+        # Refused for the request's state: nothing was paid yet, it is not over yet.
+        refusals = {"urn:haven:problem:action-refused", "urn:haven:problem:refund-refused", "urn:haven:problem:erasure-refused"}
         assert response.status_code != 409 or response.json()["type"] in refusals
 
 

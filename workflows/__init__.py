@@ -2,8 +2,9 @@
 
 from workflows.grant_request import GrantRequestWorkflow
 from workflows.reconciliation import ReconciliationWorkflow
+from workflows.retention import RetentionWorkflow
 from workflows.stripe_event import StripeEventWorkflow
 
-WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow]
+WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow, RetentionWorkflow]
 
-__all__ = ["GrantRequestWorkflow", "ReconciliationWorkflow", "StripeEventWorkflow", "WORKFLOWS"]
+__all__ = ["GrantRequestWorkflow", "ReconciliationWorkflow", "RetentionWorkflow", "StripeEventWorkflow", "WORKFLOWS"]
