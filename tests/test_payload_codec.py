@@ -203,3 +203,63 @@ def test_logs_never_carry_a_case_s_fields(capsys):
         structlog.configure(**before)
     written = json.loads(capsys.readouterr().out)
     assert written["request_id"] == "gr_2" and written["reason"] == written["payee"] == "[redacted]"
+
+
+async def test_a_case_begun_under_the_old_key_goes_on_after_the_rotation(sqlite_db, default_policy, tmp_path):
+    """Histories written under the old key still open once a new key is current: a worker that
+    seals with the new key replays the old history and takes the case on to follow-up."""
+    from types import SimpleNamespace
+
+    from temporalio.testing import WorkflowEnvironment
+
+    from haven.intake import Intake
+    from haven.lifecycle import Status
+    from haven.payload_codec import data_converter
+    from haven.worker import build_worker
+    from tests.conftest import TEST_CASE_KEYS, make_settings, venv_binary
+    from tests.harness import Harness, caseworker
+
+    before = data_converter(OLD)
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=venv_binary("temporal-test-server"), data_converter=before)
+    try:
+        settings = make_settings(tmp_path, sqlite_db.url)
+
+        def harness_on(client) -> Harness:
+            intake = Intake(sqlite_db, client, settings.task_queue, default_policy, b"index-key", case_keys=TEST_CASE_KEYS)
+            return Harness(SimpleNamespace(client=client), intake, sqlite_db)
+
+        old = harness_on(env.client)
+        async with build_worker(env.client, sqlite_db, settings, max_cached_workflows=0):
+            handle = await old.submit()
+            await old.until(handle, Status.AWAITING_DECISION)
+            await old.ask(handle, caseworker())  # an Update sealed under test-1
+
+        config = env.client.config()
+        rotated_client = Client(config["service_client"], namespace=config["namespace"], data_converter=data_converter(ROTATED))
+        new = harness_on(rotated_client)
+        async with build_worker(rotated_client, sqlite_db, settings, max_cached_workflows=0):
+            handle = rotated_client.get_workflow_handle(handle.id)
+            await new.answer(handle)
+            await new.approve(handle, caseworker(2), 150_000)
+            await new.until(handle, Status.PAYMENT_PENDING)
+            await new.pay(handle, 150_000)
+            await new.until(handle, Status.FOLLOW_UP)
+
+        history = await handle.fetch_history()
+        key_ids = {
+            p.metadata.get(KEY_ID)
+            for event in history.events
+            for p in event.workflow_execution_update_accepted_event_attributes.accepted_request.input.args.payloads
+        }
+        assert {b"test-1", b"test-2"} <= key_ids  # the history holds both, and the new worker read it all
+        old_payload = next(
+            p
+            for event in history.events
+            for p in event.workflow_execution_update_accepted_event_attributes.accepted_request.input.args.payloads
+            if p.metadata.get(KEY_ID) == b"test-1"
+        )
+        only_new = EncryptionCodec(KeyRing.parse(TEST_PAYLOAD_KEYS.split(",")[0]))
+        with pytest.raises(KeyRingError, match="test-1"):  # dropping the old key too early loses the old histories
+            await only_new.decode([old_payload])
+    finally:
+        await env.shutdown()
