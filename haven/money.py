@@ -33,10 +33,9 @@ def convert_minor_units(
 
 
 def format_decimal(minor_units: int, exponent: int) -> str:
-    """'1234.50' for 123450 with exponent 2: how exports and people read amounts. (String slicing:
-    twice as fast as division, which a million-row export notices.)"""
-    digits = str(-minor_units if minor_units < 0 else minor_units)
-    if exponent:
-        digits = digits.rjust(exponent + 1, "0")
-        digits = f"{digits[:-exponent]}.{digits[-exponent:]}"
-    return "-" + digits if minor_units < 0 else digits
+    """'1234.50' for 123450 with exponent 2: how exports and people read amounts."""
+    sign = "-" if minor_units < 0 else ""
+    value = abs(minor_units)
+    if exponent == 0:
+        return f"{sign}{value}"
+    return f"{sign}{value // 10**exponent}.{value % 10**exponent:0{exponent}d}"
