@@ -47,7 +47,12 @@ class RefundView(BaseModel):
     recorded_by: str
 
 
-@router.post("/{request_id}/refunds", status_code=201, response_model=RefundView, responses=PROBLEMS)
+@router.post(
+    "/{request_id}/refunds",
+    status_code=201,
+    response_model=RefundView,
+    responses={**PROBLEMS, 200: {"model": RefundView, "description": "This reference was recorded before: that refund."}},
+)
 async def record_refund(
     request_id: RequestId,
     body: RefundInput,
