@@ -32,7 +32,7 @@ def build_activities(
     db: Database, settings: Settings, payment_rails: dict[PaymentRail, Rail] | None = None
 ) -> list[Callable[..., Any]]:
     sealed = case_keys(settings)
-    records = CaseRecords(db, settings.public_base_url, sealed)
+    records = CaseRecords(db, settings.public_base_url)
     screening = PayeeScreening(db, settings.denied_parties_file, sealed)
     risk = RiskAssessor(db)
     budget = BudgetReservations(db)

@@ -9,7 +9,6 @@ from temporalio import activity
 from haven import ledger
 from haven.audit_chain import append
 from haven.case_events import CaseEvent
-from haven.case_keys import ACCEPTANCE_NOTE, DECISION_NOTE, MESSAGE_BODY, REPORT_RECEIPTS, REPORT_TEXT, CaseKeys, Sealer
 from haven.db import Database, utcnow
 from haven.notifications.outbox import outbox_entry
 from haven.db.models import (
@@ -26,10 +25,9 @@ from policies.model import Policy
 
 
 class CaseRecords:
-    def __init__(self, db: Database, public_base_url: str, case_keys: CaseKeys):
+    def __init__(self, db: Database, public_base_url: str):
         self.db = db
         self.public_base_url = public_base_url.rstrip("/")
-        self.case_keys = case_keys
 
     @activity.defn
     async def load_pinned_policy(self, policy_hash: str) -> PolicyVersion:
@@ -49,9 +47,8 @@ class CaseRecords:
                 )
                 if already is not None:
                     return False
-                sealer = await self._sealer(session, event)
-                self._write(session, event, sealer)
-                await self._project(session, event, sealer)
+                self._write(session, event)
+                await self._project(session, event)
                 await append(session, self._audit_event(event))  # last: it takes the chain's lock
         except IntegrityError:
             # A concurrent attempt of this same activity won the race and wrote it all.
@@ -73,13 +70,8 @@ class CaseRecords:
             recorded_at=utcnow(),
         )
 
-    async def _sealer(self, session, event: CaseEvent) -> Sealer | None:
-        """The request's key, when the event carries text about the case (None otherwise)."""
-        if event.decision is None and event.message is None and event.report is None:
-            return None
-        return await self.case_keys.sealer(session, event.request_id)
-
-    def _write(self, session, event: CaseEvent, sealer: Sealer | None) -> None:
+    def _write(self, session, event: CaseEvent) -> None:
+        # What people wrote arrives sealed by the API (haven.case_keys.CASE_TEXT) and is stored so.
         if event.decision is not None:
             amount = event.decision.amount
             session.add(
@@ -91,7 +83,7 @@ class CaseRecords:
                     roles=[str(r) for r in event.actor.roles],
                     amount_minor=amount.minor_units if amount else None,
                     currency=amount.currency if amount else None,
-                    note=sealer.seal(DECISION_NOTE, event.decision.note) if event.decision.note is not None else None,
+                    note=event.decision.note,
                     decided_at=event.at,
                 )
             )
@@ -103,7 +95,7 @@ class CaseRecords:
                     kind=event.message.kind,
                     author=event.actor.subject,
                     tranche=event.message.tranche,
-                    body=sealer.seal(MESSAGE_BODY, event.message.body),
+                    body=event.message.body,
                     written_at=event.at,
                 )
             )
@@ -111,8 +103,8 @@ class CaseRecords:
             session.add(
                 FollowUpReportRecord(
                     request_id=event.request_id,
-                    text=sealer.seal(REPORT_TEXT, event.report.text),
-                    receipts=sealer.seal(REPORT_RECEIPTS, event.report.receipts),
+                    text=event.report.text,
+                    receipts=event.report.receipts,
                     submitted_by=event.actor.subject,
                     submitted_at=event.at,
                 )
@@ -129,7 +121,7 @@ class CaseRecords:
                 )
             )
 
-    async def _project(self, session, event: CaseEvent, sealer: Sealer | None) -> None:
+    async def _project(self, session, event: CaseEvent) -> None:
         now = utcnow()
         changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
         # Events may be recorded out of order (an update and the main loop at once): only a newer
@@ -150,7 +142,7 @@ class CaseRecords:
                 .values(
                     accepted_by=event.actor.subject,
                     accepted_at=event.at,
-                    acceptance_note=sealer.seal(ACCEPTANCE_NOTE, event.report.note) if event.report.note is not None else None,
+                    acceptance_note=event.report.note,
                 )
             )
         if event.payment is not None:

@@ -21,13 +21,20 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from haven.db.models import CaseKey, GrantRequestRecord
+from haven.db.models import CaseKey, FollowUpReportRecord, GrantRequestRecord
 from haven.keyring import KeyRing, KeyRingError
 
 # The sealed fields, by the name each seal is bound to.
-SENSITIVE = "grant_requests.sensitive"  # the defender, the payee and the narrative
+SENSITIVE = "grant_requests.sensitive"  # the defender, the payee and the narrative, sealed at intake
+# What a person writes into a case (notes, answers, reasons, the report and its receipts) is sealed
+# by the API before its command enters a Workflow Update, so that every copy (Temporal's history
+# included, whatever its payload key) dies with the request's data key. The same sealed text is
+# stored in several tables (a question is a decision's note and a message), so it is bound to the
+# request, not to one column.
+CASE_TEXT = "case_text"
+# Where the build before CASE_TEXT sealed the text, at rest only; such rows still open.
 DECISION_NOTE = "decisions.note"
-MESSAGE_BODY = "case_messages.body"  # answers, clearance notes, check-in notes, reasons
+MESSAGE_BODY = "case_messages.body"
 REPORT_TEXT, REPORT_RECEIPTS, ACCEPTANCE_NOTE = "reports.text", "reports.receipts", "reports.acceptance_note"
 
 SEALED = "sealed:v1:"  # the prefix of every sealed value; anything else was written before sealing
@@ -91,6 +98,30 @@ class Sealer:
         except InvalidTag:
             raise KeyRingError(f"{self.request_id}: the sealed {field} does not open: altered, or moved from elsewhere") from None
         return json.loads(plain)
+
+    def seal_text(self, text: str) -> str:
+        return self.seal(CASE_TEXT, text)
+
+    def open_text(self, value: Any, column: str) -> Any:
+        """Text sealed by the API, or (rows of an earlier build) at rest under its column's name."""
+        try:
+            return self.open(CASE_TEXT, value)
+        except KeyRingError:
+            return self.open(column, value)
+
+
+def open_message(sealer: Sealer, body: dict[str, Any] | str) -> dict[str, Any]:
+    if isinstance(body, str):  # an earlier build sealed the whole body at rest
+        body = sealer.open(MESSAGE_BODY, body)
+    return {name: sealer.open(CASE_TEXT, value) for name, value in body.items()}
+
+
+def open_report(sealer: Sealer, report: FollowUpReportRecord) -> None:
+    """The report's text, receipts and acceptance note opened in place (on a detached row)."""
+    receipts = report.receipts if isinstance(report.receipts, list) else sealer.open(REPORT_RECEIPTS, report.receipts)
+    report.text = sealer.open_text(report.text, REPORT_TEXT)
+    report.receipts = [sealer.open_text(receipt, REPORT_RECEIPTS) for receipt in receipts]
+    report.acceptance_note = sealer.open_text(report.acceptance_note, ACCEPTANCE_NOTE)
 
 
 class CaseKeys:

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
@@ -200,8 +200,25 @@ class GrantRequestStart(Strict):
 # Each `...Input` is what a person sends to the API; its command adds who they are (from the token).
 
 
+# What a person wrote, as a command carries it: sealed by the API with the request's data key (see
+# haven.case_keys.CASE_TEXT), so longer than the text it seals. The text itself was checked by the
+# command's input model.
+CaseText = Annotated[str, StringConstraints(min_length=1)]
+
+
 class Acting(Strict):
     actor: Actor
+    case_text: ClassVar[tuple[str, ...]] = ()  # the fields a person wrote, sealed before the workflow sees them
+
+    def sealed(self, seal: Callable[[str], str]) -> Self:
+        changes: dict[str, Any] = {}
+        for name in self.case_text:
+            value = getattr(self, name)
+            if isinstance(value, list):
+                changes[name] = [seal(item) for item in value]
+            elif value is not None:
+                changes[name] = seal(value)
+        return self.model_copy(update=changes)
 
 
 class DecisionInput(Strict):
@@ -221,6 +238,9 @@ class DecisionInput(Strict):
 
 
 class DecisionCommand(DecisionInput, Acting):
+    case_text = ("note",)
+    note: CaseText | None = None
+
     @property
     def action(self) -> Action:
         return Action(self.kind)
@@ -231,7 +251,8 @@ class ScreeningClearanceInput(Strict):
 
 
 class ScreeningClearance(ScreeningClearanceInput, Acting):
-    pass
+    case_text = ("note",)
+    note: CaseText
 
 
 class InformationInput(Strict):
@@ -239,7 +260,8 @@ class InformationInput(Strict):
 
 
 class InformationResponse(InformationInput, Acting):
-    pass
+    case_text = ("answer",)
+    answer: CaseText
 
 
 class ManualPaymentInput(Strict):
@@ -263,7 +285,8 @@ class PaymentFailureInput(Strict):
 
 
 class PaymentFailureRecord(PaymentFailureInput, Acting):
-    pass
+    case_text = ("reason",)
+    reason: CaseText
 
 
 class PaymentRetryInput(Strict):
@@ -285,7 +308,8 @@ class CheckInInput(Strict):
 
 
 class CheckInRecord(CheckInInput, Acting):
-    pass
+    case_text = ("note",)
+    note: CaseText | None = None
 
 
 class ReportInput(Strict):
@@ -298,7 +322,9 @@ class ReportInput(Strict):
 
 
 class FollowUpReport(ReportInput, Acting):
-    pass
+    case_text = ("text", "receipts")
+    text: CaseText
+    receipts: list[CaseText] = Field(default_factory=list)
 
 
 class ReportAcceptanceInput(Strict):
@@ -306,7 +332,8 @@ class ReportAcceptanceInput(Strict):
 
 
 class ReportAcceptance(ReportAcceptanceInput, Acting):
-    pass
+    case_text = ("note",)
+    note: CaseText | None = None
 
 
 class WithdrawalInput(Strict):
@@ -314,7 +341,8 @@ class WithdrawalInput(Strict):
 
 
 class Withdrawal(WithdrawalInput, Acting):
-    pass
+    case_text = ("reason",)
+    reason: CaseText
 
 
 class ActionResult(Strict):

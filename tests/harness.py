@@ -13,7 +13,7 @@ from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from haven.case_keys import ACCEPTANCE_NOTE, REPORT_RECEIPTS, REPORT_TEXT
+from haven.case_keys import open_report
 from haven.db import Database
 from haven.db.models import AuditEvent, BudgetReservation, FollowUpReportRecord, GrantRequestRecord, Notification, Payment
 from haven.grant_request import (
@@ -203,9 +203,7 @@ class Harness:
                 return None
             sealer = await self.intake.case_keys.sealer(session, request_id)
             session.expunge(report)
-        report.text = sealer.open(REPORT_TEXT, report.text)
-        report.receipts = sealer.open(REPORT_RECEIPTS, report.receipts)
-        report.acceptance_note = sealer.open(ACCEPTANCE_NOTE, report.acceptance_note)
+        open_report(sealer, report)
         return report
 
     async def notifications(self, request_id: str) -> list[Notification]:

@@ -77,7 +77,7 @@ async def test_intake_stores_even_when_temporal_is_down(db, default_policy):
 
 async def test_record_event_is_idempotent_and_atomic(db, default_policy):
     request_id = await _stored_request(db, default_policy)
-    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
+    records = CaseRecords(db, "http://haven.test")
     event = _event(
         request_id, 1, "awaiting_decision",
         decision=DecisionEntry(kind="approve", amount=Money(minor_units=5, currency="EUR")),
@@ -102,7 +102,7 @@ async def test_record_event_is_idempotent_and_atomic(db, default_policy):
 
 async def test_late_events_do_not_move_the_status_back(db, default_policy):
     request_id = await _stored_request(db, default_policy)
-    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
+    records = CaseRecords(db, "http://haven.test")
     await records.record_event(_event(request_id, 3, "approved"))
     await records.record_event(_event(request_id, 2, "awaiting_decision", projection=RequestProjection(escalated=True)))
     async with db.sessions() as session:
@@ -136,7 +136,7 @@ async def test_reservations_are_idempotent(db, default_policy):
 async def test_one_payment_row_per_tranche_across_retries(db, default_policy):
     request_id = await _stored_request(db, default_policy)
     payments = Disbursements(db, None, TEST_CASE_KEYS)
-    records = CaseRecords(db, "http://haven.test", TEST_CASE_KEYS)
+    records = CaseRecords(db, "http://haven.test")
     instruction = PaymentInstruction(
         request_id=request_id, tranche=1, attempt=1, rail="manual",
         amount=Money(minor_units=150_000, currency="EUR"), amount_base_minor=150_000,

@@ -16,6 +16,7 @@ from haven.db import utcnow
 from haven.db.queries import NOBODY, QueueFilter, QueuePosition, case_file, find_request, list_requests
 from haven.grant_request import (
     ActionResult,
+    Acting,
     Actor,
     Category,
     CheckInInput,
@@ -296,8 +297,14 @@ async def _visible(svc: Services, request_id: str, actor: Actor):
     return record
 
 
-async def _act(svc: Services, request_id: str, actor: Actor, update, command) -> ActionResult:
+async def _act(svc: Services, request_id: str, actor: Actor, update, command: Acting) -> ActionResult:
     record = await _visible(svc, request_id, actor)
+    if command.case_text:
+        async with svc.db.sessions() as session:
+            sealer = await svc.case_keys.sealer(session, request_id)
+        if sealer.destroyed:
+            raise Problem(409, "action-refused", "the request's details were erased; it takes no further action")
+        command = command.sealed(sealer.seal_text)
     handle = svc.client.get_workflow_handle(request_id)
     try:
         return await handle.execute_update(update, command, result_type=ActionResult)

@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Select, and_, or_, select
 
 from haven.case_keys import (
-    ACCEPTANCE_NOTE, DECISION_NOTE, ERASED, ERASED_DETAILS, MESSAGE_BODY, REPORT_RECEIPTS, REPORT_TEXT, SENSITIVE, CaseKeys,
+    CASE_TEXT, DECISION_NOTE, ERASED, ERASED_DETAILS, SENSITIVE, CaseKeys, open_message, open_report,
 )  # fmt: skip
 from haven.db import Database
 from haven.lifecycle import TERMINAL
@@ -108,6 +108,8 @@ async def case_file(db: Database, record: GrantRequestRecord, case_keys: CaseKey
         )
         sealer = await case_keys.sealer(session, record.id)
         session.expunge_all()
+    for payment in file.payments:  # finance's reason, sealed; a rail's own reason is not
+        payment.failure_reason = sealer.open(CASE_TEXT, payment.failure_reason)
     if sealer.destroyed:  # crypto-shredded: what was sealed reads as erased, in the fields' own shapes
         record.sensitive = ERASED_DETAILS
         for decision in file.decisions:
@@ -120,13 +122,11 @@ async def case_file(db: Database, record: GrantRequestRecord, case_keys: CaseKey
         return file
     record.sensitive = sealer.open(SENSITIVE, record.sensitive)
     for decision in file.decisions:
-        decision.note = sealer.open(DECISION_NOTE, decision.note)
+        decision.note = sealer.open_text(decision.note, DECISION_NOTE)
     for message in file.messages:
-        message.body = sealer.open(MESSAGE_BODY, message.body)
+        message.body = open_message(sealer, message.body)
     if file.report is not None:
-        file.report.text = sealer.open(REPORT_TEXT, file.report.text)
-        file.report.receipts = sealer.open(REPORT_RECEIPTS, file.report.receipts)
-        file.report.acceptance_note = sealer.open(ACCEPTANCE_NOTE, file.report.acceptance_note)
+        open_report(sealer, file.report)
     return file
 
 
