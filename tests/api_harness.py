@@ -4,7 +4,9 @@ through httpx without a network; tokens for each role; problem-body assertions."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import httpx
@@ -61,14 +63,21 @@ def api_settings() -> dict:
     return {}
 
 
-@pytest.fixture
-async def api(time_skipping_env, sqlite_db, tmp_path, api_settings):
-    settings = make_settings(tmp_path, sqlite_db.url, **api_settings)
-    app = create_app(settings, db=sqlite_db, client=time_skipping_env.client)
-    async with build_worker(time_skipping_env.client, sqlite_db, settings), app.router.lifespan_context(app):
+@contextlib.asynccontextmanager
+async def serving(env, db, tmp_path, **overrides) -> AsyncIterator[Api]:
+    """The app and a worker on `env` (a Temporal test environment) and `db`."""
+    settings = make_settings(tmp_path, db.url, **overrides)
+    app = create_app(settings, db=db, client=env.client)
+    async with build_worker(env.client, db, settings), app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://haven.test") as http:
-            yield Api(http, app, settings, app.state.services.verifier, sqlite_db)
+            yield Api(http, app, settings, app.state.services.verifier, db)
+
+
+@pytest.fixture
+async def api(time_skipping_env, sqlite_db, tmp_path, api_settings):
+    async with serving(time_skipping_env, sqlite_db, tmp_path, **api_settings) as api:
+        yield api
 
 
 async def stored_counts(db) -> tuple[int, int]:
