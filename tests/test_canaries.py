@@ -203,3 +203,73 @@ async def _open_with_every_key(db: Database, sealed: set[str], request_ids: list
                     except (KeyRingError, ValueError):
                         continue
     return recovered
+
+
+# --- on `haven run`: Temporal's own database file ----------------------------------------------
+
+
+async def test_no_canary_in_the_files_of_haven_run(tmp_path):
+    """The same cases (all but housing, whose check-in is a month away in real time) and a Stripe
+    payee paid through the local Stripe server, on the Temporal dev server persisting to disk:
+    its database file, haven's SQLite files, the whole log of `haven run` (API, worker,
+    dispatcher, Temporal and Stripe servers) and the exports hold no canary."""
+    import asyncio
+    import functools
+
+    import httpx
+
+    from haven.localstack import LocalHaven
+
+    haven = LocalHaven(tmp_path / "var", HAVEN_LOCAL_STRIPE="true")
+
+    @functools.cache
+    def token(role: str, sub: str, org: str | None = None) -> dict[str, str]:
+        return haven.token("--role", role, "--sub", sub, *(("--org", org) if org else ()))
+
+    haven.start()
+    try:
+        async with httpx.AsyncClient(base_url=haven.base_url, timeout=10) as http:
+
+            async def until_status(request_id: str, status: str, timeout: float = 30) -> None:
+                deadline = asyncio.get_running_loop().time() + timeout
+                while (now := (await http.get(f"/v1/grant-requests/{request_id}", headers=token("caseworker", "cw-1"))).json())["status"] != status:
+                    assert asyncio.get_running_loop().time() < deadline, f"waited for {status}: {now}"
+                    await asyncio.sleep(0.1)
+
+            life = Life(http, token, until_status)
+            # The payee's connected account, as Stripe would hold it after onboarding.
+            account = {"id": canaries_of("stripe")["stripe_account"], "country": "KE"}
+            assert (await http.post(f"{haven.stripe_url}/_control/accounts", json=account)).status_code == 200
+            cases = [
+                await life.lawyer_paid_after_a_failed_transfer(),
+                await life.held_by_screening_then_rejected(),
+                await life.withdrawn(),
+                await life.paid_through_stripe(),
+            ]
+            readable = "".join([(await http.get(f"/v1/grant-requests/{rid}", headers=token("caseworker", "cw-1"))).text for rid in cases])
+            assert sorted(c for c in life.planted if c not in readable) == []
+            exports = []
+            today = date.today()
+            for kind in ("ledger", "audit"):
+                for fmt in ("csv", "jsonl"):
+                    period = {"from": today.isoformat(), "to": (today + timedelta(days=1)).isoformat(), "format": fmt}
+                    response = await http.get(f"/v1/exports/{kind}", params=period, headers=token("finance", "fin-1"))
+                    assert response.status_code == 200, response.text
+                    exports.append(response.content)
+            await asyncio.sleep(1)  # the dispatcher's last deliveries, into the log
+    finally:
+        haven.stop()
+    files = {
+        "temporal dev server database": sorted(haven.var_dir.glob("temporal.db*")),
+        "app database": sorted(haven.var_dir.glob("haven.db*")),
+        "log of haven run": [haven.log],
+        "notifications (mail files)": sorted((haven.var_dir / "mail").glob("*.eml")),
+    }
+    scanned = {source: b"".join(p.read_bytes() for p in paths) for source, paths in files.items()}
+    scanned["exports"] = b"\n".join(exports)
+    hits = {source: sorted(c for c in life.planted if c.encode() in data) for source, data in scanned.items()}
+    print(f"\ncanary scan (haven run): {len(life.planted)} canaries, "
+          + ", ".join(f"{s}: {len(files.get(s, exports))} files, {len(d):,} bytes, {len(hits[s])} hits" for s, d in scanned.items()))  # fmt: skip
+    assert all(len(data) > 1_000 for data in scanned.values()), {s: len(d) for s, d in scanned.items()}
+    assert b"binary/encrypted" in scanned["temporal dev server database"]
+    assert hits == {source: [] for source in scanned}
