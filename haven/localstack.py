@@ -24,7 +24,9 @@ def free_port() -> int:
 
 
 class LocalHaven:
-    def __init__(self, var_dir: Path, **env: str):
+    def __init__(self, var_dir: Path, command: list[str] | None = None, **env: str):
+        """`command` runs in place of `haven` (a benchmark's variant of it)."""
+        self.command = command or [HAVEN]
         self.var_dir = Path(var_dir)
         self.api_port = free_port()
         self.stripe_port = free_port()  # used when env has HAVEN_LOCAL_STRIPE=true
@@ -53,7 +55,7 @@ class LocalHaven:
     def start(self, timeout: float = 90) -> None:
         self.var_dir.mkdir(parents=True, exist_ok=True)
         self.process = subprocess.Popen(
-            [HAVEN, "run"], env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+            [*self.command, "run"], env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
         )
         deadline = time.monotonic() + timeout
         while True:
