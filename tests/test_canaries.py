@@ -6,8 +6,9 @@ After the retention run, nothing holds one even for someone with every key there
 keys, the master keys, the data keys of requests still open), while the ledger balances and the
 audit chain verifies.
 
-Run on the time-skipping server, once per database engine: the housing case checks in a month
-after its first rent. Temporal's own database file is scanned by tests/test_end_to_end.py."""
+The first test runs on the time-skipping server, once per database engine (the housing case
+checks in a month after its first rent); the second on `haven run`, whose Temporal dev server
+keeps its database in a file, scanned too."""
 
 from __future__ import annotations
 
