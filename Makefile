@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # make run starts the local Stripe server too; `make run HAVEN_LOCAL_STRIPE=false` leaves it out.
 HAVEN_LOCAL_STRIPE ?= true
 
-.PHONY: run test install clean-var bench
+.PHONY: run test install clean-var bench histories
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "haven needs Python 3.11 or newer (set PYTHON=...)")'
@@ -24,6 +24,13 @@ run: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(BIN)/pytest
+
+# Records the history of every lifecycle path not yet in tests/histories/ (see tests/workflow_histories.py).
+histories: $(INSTALLED)
+	HAVEN_RECORD_HISTORIES=1 $(BIN)/pytest -q -p no:randomly -k "not postgresql" $(HISTORY_TESTS)
+
+HISTORY_TESTS := tests/test_lifecycle.py tests/test_payment_outcomes.py tests/test_stripe_webhooks.py tests/test_reconciliation.py tests/test_ledger.py \
+	tests/test_canaries.py
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench.intake_latency

@@ -19,6 +19,7 @@ from haven.grant_request import Role
 from haven.worker import build_worker
 from tests.conftest import make_settings
 from tests.harness import SAMPLE_REQUEST
+from tests.workflow_histories import keep
 
 BODY = {**SAMPLE_REQUEST, "urgency": "high"}
 
@@ -41,7 +42,10 @@ class Api:
     async def submit(self, body=None, org: str = "ngo-1", key: str | None = None) -> httpx.Response:
         self._keys += 1
         headers = {**self.intermediary(org), "Idempotency-Key": key or f"k-{self._keys}"}
-        return await self.http.post("/v1/grant-requests", json=body or BODY, headers=headers)
+        response = await self.http.post("/v1/grant-requests", json=body or BODY, headers=headers)
+        if response.status_code == 202:
+            keep(self.app.state.services.client, response.json()["id"])
+        return response
 
     async def until_status(self, request_id: str, status: str, timeout: float = 15) -> dict:
         deadline = time.monotonic() + timeout

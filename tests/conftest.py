@@ -27,6 +27,7 @@ from haven.case_keys import CaseKeys, MasterKeys
 from haven.keyring import KeyRing
 from haven.payload_codec import data_converter
 from policies import load_policy
+from tests.workflow_histories import save_kept
 
 # The `api` fixture (the app over a time-skipping server) is shared by several test modules.
 pytest_plugins = ["tests.api_harness"]
@@ -187,14 +188,25 @@ def local_stripe():
         yield server
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Keeps each phase's report on the test item, so fixtures can tell whether the test passed."""
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+async def time_skipping_env(request) -> AsyncIterator[WorkflowEnvironment]:
     """One server per test (it starts in about 0.1 s): skipped time and leftover workflows of one
-    test can never hold up another."""
+    test can never hold up another. With HAVEN_RECORD_HISTORIES=1 the histories of the workflows
+    the test kept are written to tests/histories/ (see tests/workflow_histories.py)."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
     )
     yield env
+    passed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.passed
+    await save_kept(env.client, request.node.name, passed)
     await env.shutdown()
 
 

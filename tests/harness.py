@@ -37,6 +37,7 @@ from haven.grant_request import (
 from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.money import Money
+from tests.workflow_histories import keep
 from workflows import GrantRequestWorkflow
 
 _keys = itertools.count()
@@ -84,6 +85,7 @@ class Harness:
 
     async def submit(self, actor: Actor | None = None, **overrides: Any) -> WorkflowHandle:
         accepted = await self.intake.submit(submission(**overrides), actor or intermediary(), f"key-{next(_keys)}")
+        keep(self.env.client, accepted.record.id)
         return self.env.client.get_workflow_handle_for(GrantRequestWorkflow.run, accepted.record.id)
 
     async def state(self, handle: WorkflowHandle) -> GrantRequestState:

@@ -37,6 +37,7 @@ from tests.canaries import Life, canaries_of
 from tests.conftest import TEST_CASE_KEYS
 from tests.ledger_checks import assert_ledger_balances
 from workflows.retention import RetentionWorkflow
+from tests.workflow_histories import keep
 
 SEALED_VALUE = re.compile(r"sealed:v1:[A-Za-z0-9+/=]+")
 
@@ -85,6 +86,7 @@ async def test_no_canary_anywhere_and_none_recoverable_after_retention(served: A
         long_ago = utcnow() - timedelta(days=retention_days + 1)
         await session.execute(update(GrantRequestRecord).where(GrantRequestRecord.id.in_(ended)).values(updated_at=long_ago))
     destroyed = await env.client.execute_workflow(RetentionWorkflow.run, id="retention-canaries", task_queue=api.settings.task_queue)
+    keep(env.client, "retention-canaries")
     assert destroyed == len(ended)
 
     # With every key there is: the payload keys open Temporal's history, and what people wrote is

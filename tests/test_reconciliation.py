@@ -41,6 +41,7 @@ from tests.api_harness import assert_problem, stored_counts
 from tests.conftest import TEST_CASE_KEYS, DATA_CONVERTER, make_settings, venv_binary
 from tests.harness import intermediary, submission
 from workflows import ReconciliationWorkflow
+from tests.workflow_histories import keep
 
 DAY = date(2026, 11, 24)
 NOON = datetime(2026, 11, 24, 12, tzinfo=timezone.utc)
@@ -245,6 +246,7 @@ async def test_reconciliation_finds_a_transfer_missing_from_the_ledger_and_one_w
             ReconciliationWorkflow.run, order, id="rc_test1", task_queue=settings.task_queue
         )
     assert (summary.status, summary.transfers_seen, summary.payments_seen, summary.mismatches) == ("done", 3, 4, 3)
+    keep(time_skipping_env.client, "rc_test1")
 
     findings = await rows(db, ReconciliationFinding, ReconciliationFinding.run_id == "rc_test1")
     assert kinds(findings) == {

@@ -31,6 +31,8 @@ from tests.conftest import TEST_CASE_KEYS, make_settings
 from haven.settings import REPO_ROOT
 from tests.harness import SAMPLE_REQUEST, Harness, caseworker
 from workflows import GrantRequestWorkflow
+from tests.workflow_histories import keep
+from workflows.stripe_event import stripe_event_workflow_id
 
 SECRET = "whsec_test_" + "s" * 24
 PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_payee1"}
@@ -61,6 +63,7 @@ class Stack:
         created = await self.http.post("/v1/grant-requests", json=body, headers=headers)
         assert created.status_code == 202, created.text
         request_id = created.json()["id"]
+        keep(self.app.state.services.client, request_id)
         await self.until(request_id, lambda r: r["status"] == "awaiting_decision")
         decision = {"kind": "approve", "amount": {"minor_units": AMOUNT, "currency": "EUR"}}
         approved = await self.http.post(
@@ -233,6 +236,8 @@ async def test_a_reversal_corrects_the_ledger_and_tells_finance_in_any_order(sta
     assert view["status"] == "follow_up" and view["payments"][0]["status"] == "reversed"
     state = await stack.app.state.services.client.get_workflow_handle(request_id).query(GrantRequestWorkflow.state)
     assert state.tranches[0].reversed_minor == AMOUNT
+    for event in stack.control.events("transfer.created") + stack.control.events("transfer.reversed"):
+        keep(stack.app.state.services.client, stripe_event_workflow_id(event["id"]))
 
 
 async def test_a_reversal_after_the_request_closed_still_reaches_the_ledger(stack):
