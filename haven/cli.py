@@ -210,7 +210,8 @@ async def _seed_dev_budget(db, settings: Settings) -> None:
                 await ledger.set_allocation(session, category, date(year, 1, 1), date(year, 12, 31), amount, "dev-seed")
 
 
-async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> None:
+async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **worker_options) -> None:
+    """`worker_options` go to the Temporal worker (the fault-matrix harness adds an interceptor)."""
     from haven.intake import Intake, start_unstarted
     from haven.keys import case_keys, pseudonym_index_key
     from haven.notifications import NotificationDispatcher
@@ -222,7 +223,7 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event) -> 
         db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings),
         settings.payment_rails, case_keys=case_keys(settings),
     )  # fmt: skip
-    worker = build_worker(client, db, settings)
+    worker = build_worker(client, db, settings, **worker_options)
     await ensure_schedules(client, settings)  # the daily reconciliation, when Stripe is configured
     # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.
     notifications = NotificationDispatcher(db, settings)
