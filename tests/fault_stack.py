@@ -102,6 +102,7 @@ class FaultStack:
         self.api_port = free_port()
         self.base_url = f"http://127.0.0.1:{self.api_port}"
         self.temporal_address = f"127.0.0.1:{free_port()}"
+        self.temporal_ui_port = free_port()
         self.server: subprocess.Popen | None = None
         self.api: subprocess.Popen | None = None
         self.worker: subprocess.Popen | None = None
@@ -127,7 +128,7 @@ class FaultStack:
             "HAVEN_VAR_DIR": str(self.var_dir),
             "HAVEN_DATABASE_URL": f"postgresql+psycopg://{user}@127.0.0.1:{self.proxy.port}/{self.database}",
             "HAVEN_TEMPORAL_ADDRESS": self.temporal_address,
-            "HAVEN_TEMPORAL_UI_PORT": str(free_port()),
+            "HAVEN_TEMPORAL_UI_PORT": str(self.temporal_ui_port),
             "HAVEN_API_PORT": str(self.api_port),
             "HAVEN_STRIPE_API_KEY": self.stripe.api_key,
             "HAVEN_STRIPE_API_BASE": self.stripe.url,
@@ -148,7 +149,8 @@ class FaultStack:
         return done.stdout
 
     def settings(self) -> Settings:
-        return Settings(var_dir=self.var_dir, temporal_address=self.temporal_address, dev_mode=True)
+        return Settings(var_dir=self.var_dir, temporal_address=self.temporal_address,
+                        temporal_ui_port=self.temporal_ui_port, dev_mode=True)  # fmt: skip
 
     def start_server(self) -> None:
         self.server = devserver.start_dev_server(self.settings())

@@ -1,0 +1,212 @@
+"""Lifecycle throughput: N grant requests from submission to paid, decisions made by the driver,
+against a bare workflow of the same shape (bench/bare_workflow.py), on one Temporal dev server
+(its history in a file, as `haven run` keeps it), with the worker of each in a process of its own.
+
+    .venv/bin/python -m bench.lifecycle_throughput [--requests 1000] [--concurrency 50]
+
+A grant request: intake (the row, its data key, the workflow started), screening and risk, the
+caseworker's approval (an Update), the budget reserved, the manual rail started, finance's
+record of the payment (an Update): paid. The driver waits for each step as the API's clients do,
+by asking the workflow's state (a query) every 20 ms, and does the same for the bare workflow.
+The bare workflow's steps are read from the history of a grant request run first, so the two
+have the same number of local activities, activities, timers and Updates by construction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import date
+from pathlib import Path
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from bench.bare_workflow import BareWorkflow, Shape, shape_of
+from bench.report import report, summarise
+from haven import devserver, ledger
+from haven.db import Database, utcnow
+from haven.db.migrate import upgrade_async
+from haven.db.models import Organisation
+from haven.grant_request import Actor, Category, DecisionCommand, GrantRequestSubmission, ManualPaymentRecord, Role
+from haven.intake import Intake, record_policy_version
+from haven.keys import case_keys, pseudonym_index_key
+from haven.lifecycle import Status
+from haven.localstack import HAVEN, free_port
+from haven.money import Money
+from haven.settings import Settings
+from haven.temporal import connect
+from policies import load_policy
+from workflows import GrantRequestWorkflow
+
+POLL_EVERY = 0.02
+AMOUNT = Money(minor_units=50_000, currency="EUR")  # one caseworker's approval
+PARTNER = Actor(subject="int-bench", roles=[Role.INTERMEDIARY], organisation="ngo-1")
+CASEWORKER = Actor(subject="cw-1", roles=[Role.CASEWORKER], organisation="fund")
+FINANCE = Actor(subject="fin-1", roles=[Role.FINANCE], organisation="fund")
+
+
+def submission(n: int) -> GrantRequestSubmission:
+    return GrantRequestSubmission.model_validate({
+        "category": "secure_communications", "urgency": "high", "country": "KE",
+        "amount": AMOUNT.model_dump(), "tranches": 1, "threat_level": "moderate",
+        "threat_summary": "Phone seized at a checkpoint.", "purpose": "A new phone and laptop.",
+        "defender": {"pseudonym": f"bench-{n}"},
+        "payee": {"name": "Digital Safety Partners", "country": "KE", "account": "KE00 0000"},
+    })  # fmt: skip
+
+
+async def until(check, timeout: float = 120.0):
+    deadline = time.monotonic() + timeout
+    while not (result := await check()):
+        if time.monotonic() > deadline:
+            raise TimeoutError("a request did not move on in time")
+        await asyncio.sleep(POLL_EVERY)
+    return result
+
+
+class GrantDriver:
+    def __init__(self, intake: Intake, client: Client):
+        self.intake, self.client = intake, client
+
+    async def status(self, handle: WorkflowHandle) -> Status:
+        return (await handle.query(GrantRequestWorkflow.state)).status
+
+    async def one(self, n: int) -> str:
+        accepted = await self.intake.submit(submission(n), PARTNER, f"bench-{uuid.uuid4().hex}")
+        handle = self.client.get_workflow_handle_for(GrantRequestWorkflow.run, accepted.record.id)
+        await until(lambda: self._is(handle, Status.AWAITING_DECISION))
+        await handle.execute_update(GrantRequestWorkflow.decide, DecisionCommand(actor=CASEWORKER, kind="approve", amount=AMOUNT))
+        await until(lambda: self._is(handle, Status.PAYMENT_PENDING))
+        paid = ManualPaymentRecord(actor=FINANCE, amount=AMOUNT, reference=f"BANK-{n}", paid_on=date.today())
+        result = await handle.execute_update(GrantRequestWorkflow.record_payment, paid)
+        assert result.status == Status.PAID, result
+        return handle.id
+
+    async def _is(self, handle: WorkflowHandle, status: Status) -> bool:
+        return await self.status(handle) == status
+
+
+class BareDriver:
+    def __init__(self, client: Client, task_queue: str, shape: Shape):
+        self.client, self.task_queue, self.shape = client, task_queue, shape
+        self.updates = shape.steps.count("update")
+
+    async def one(self, n: int) -> str:
+        handle = await self.client.start_workflow(BareWorkflow.run, self.shape, id=f"bare-{uuid.uuid4().hex}", task_queue=self.task_queue)
+        for k in range(1, self.updates + 1):
+            await until(lambda: self._waiting_for(handle, k))
+            await handle.execute_update(BareWorkflow.act)
+        return handle.id
+
+    async def _waiting_for(self, handle: WorkflowHandle, k: int) -> bool:
+        return await handle.query(BareWorkflow.waiting_for) == k
+
+
+async def drive(one, requests: int, concurrency: int) -> tuple[float, list[float]]:
+    """Runs `one` for n = 0..requests-1, `concurrency` at a time; the elapsed seconds and each
+    request's latency in ms."""
+    queue = iter(range(requests))
+    latencies: list[float] = []
+
+    async def lane() -> None:
+        for n in queue:
+            started = time.perf_counter()
+            await one(n)
+            latencies.append((time.perf_counter() - started) * 1000)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(lane() for _ in range(concurrency)))
+    return time.perf_counter() - started, latencies
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def main(requests: int, concurrency: int, warmup: int) -> int:
+    with tempfile.TemporaryDirectory(prefix="haven-throughput-") as var:
+        var_dir = Path(var)
+        address = f"127.0.0.1:{free_port()}"
+        settings = Settings(var_dir=var_dir, dev_mode=True, temporal_address=address, temporal_ui_port=free_port(),
+                            task_queue="grant-requests", intake_rate_per_minute=10**6)  # fmt: skip
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("HAVEN_")}, "HAVEN_DEV_MODE": "true",
+               "HAVEN_VAR_DIR": str(var_dir), "HAVEN_TEMPORAL_ADDRESS": address, "HAVEN_TASK_QUEUE": settings.task_queue,
+               "HAVEN_DATABASE_URL": settings.database_url}  # fmt: skip
+        server = devserver.start_dev_server(settings)
+        workers: list[subprocess.Popen] = []
+        try:
+            await devserver.wait_until_serving(settings, server)
+            await upgrade_async(settings.async_database_url)
+            db = Database(settings.async_database_url)
+            await _seed(db, settings)
+            log = open(var_dir / "workers.log", "ab")
+            workers.append(subprocess.Popen([HAVEN, "worker"], env=env, stdout=log, stderr=subprocess.STDOUT))
+            workers.append(subprocess.Popen([sys.executable, "-m", "bench.bare_workflow", "--address", address, "--task-queue", "bare"],
+                                            stdout=log, stderr=subprocess.STDOUT))  # fmt: skip
+            client = await connect(settings)
+            bare_client = await Client.connect(address, data_converter=pydantic_data_converter)
+            intake = Intake(db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings),
+                            settings.payment_rails, case_keys=case_keys(settings))  # fmt: skip
+            grant = GrantDriver(intake, client)
+
+            first = await grant.one(-1)  # its history gives the bare workflow its shape
+            shape = shape_of(await client.get_workflow_handle(first).fetch_history(), "record_payment")
+            bare = BareDriver(bare_client, "bare", shape)
+            print(f"shape of a grant request to paid: {_describe(shape)}")
+
+            rows, rates, memory = {}, {}, {}
+            for name, driver in (("grant request", grant), ("bare workflow", bare)):
+                await drive(driver.one, warmup, min(concurrency, warmup))
+                elapsed, latencies = await drive(driver.one, requests, concurrency)
+                rates[name] = round(requests / elapsed, 2)
+                rows[name] = summarise(latencies)
+                print(f"{name}: {requests} in {elapsed:.1f} s = {rates[name]} requests/s")
+            memory = {"grant_worker_rss_mb": round(rss_mb(workers[0].pid), 1), "bare_worker_rss_mb": round(rss_mb(workers[1].pid), 1)}
+            ratio = round(rates["grant request"] / rates["bare workflow"], 3)
+            print(f"grant request / bare workflow: {ratio:.1%} of the bare workflow's rate (target: 80 % or more)")
+            report("lifecycle_throughput", rows, {
+                "requests": requests, "concurrency": concurrency, "warmup": warmup,
+                "requests_per_second": rates, "ratio": ratio, "shape": _describe(shape), **memory,
+                "database": "SQLite (the embedded default)", "temporal": "dev server, history in a file",
+            })  # fmt: skip
+            await db.dispose()
+            return 0
+        finally:
+            for worker in workers:
+                worker.terminate()
+                worker.wait(30)
+            devserver.stop(server)
+
+
+def _describe(shape: Shape) -> str:
+    return ", ".join(f"{shape.steps.count(kind)} {kind}" for kind in ("local", "activity", "timer", "update"))
+
+
+async def _seed(db: Database, settings: Settings) -> None:
+    await record_policy_version(db, load_policy(settings.policy_file))
+    policy = load_policy(settings.policy_file).policy
+    async with db.transaction() as session:
+        session.add(Organisation(id="ngo-1", name="Partner NGO", trust_level="standard", active=True, created_at=utcnow()))
+    async with db.transaction() as session:
+        year = date.today().year
+        await ledger.set_allocation(session, Category.SECURE_COMMUNICATIONS, date(year, 1, 1), date(year, 12, 31),
+                                    Money(minor_units=10**12, currency=policy.base_currency), "bench")  # fmt: skip
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.requests, args.concurrency, args.warmup)))
