@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # make run starts the local Stripe server too; `make run HAVEN_LOCAL_STRIPE=false` leaves it out.
 HAVEN_LOCAL_STRIPE ?= true
 
-.PHONY: run test install clean-var bench histories
+.PHONY: run test install clean-var bench histories faults
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "haven needs Python 3.11 or newer (set PYTHON=...)")'
@@ -22,17 +22,23 @@ install: $(INSTALLED)
 run: $(INSTALLED)
 	HAVEN_DEV_MODE=true HAVEN_LOCAL_STRIPE=$(HAVEN_LOCAL_STRIPE) $(BIN)/haven run
 
+# One pytest process per core; each has its own template databases and Temporal test servers.
 test: $(INSTALLED)
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist worksteal
+
+# The full fault matrix (needs PostgreSQL): every fault, every activity boundary, 3 runs each.
+faults: $(INSTALLED)
+	$(BIN)/python -m tests.fault_matrix
 
 # Records the history of every lifecycle path not yet in tests/histories/ (see tests/workflow_histories.py).
 histories: $(INSTALLED)
-	HAVEN_RECORD_HISTORIES=1 $(BIN)/pytest -q -p no:randomly -k "not postgresql" $(HISTORY_TESTS)
+	HAVEN_RECORD_HISTORIES=1 $(BIN)/pytest -q -k "not postgresql" $(HISTORY_TESTS)
 
 HISTORY_TESTS := tests/test_lifecycle.py tests/test_payment_outcomes.py tests/test_stripe_webhooks.py tests/test_reconciliation.py tests/test_ledger.py \
 	tests/test_canaries.py
 
 bench: $(INSTALLED)
+	$(BIN)/python -m bench.lifecycle_throughput --requests 1000
 	$(BIN)/python -m bench.intake_latency
 	$(BIN)/python -m bench.payment_latency
 	$(BIN)/python -m bench.export_ledger --db sqlite

@@ -71,6 +71,7 @@ async def test_payloads_written_before_encryption_pass_through():
         (f"{KeyRing.generate('k1')},{KeyRing.generate('k1')}", "unique"),
         (KeyRing.generate("bad id"), "letters, digits"),
     ],
+    ids=["empty", "no key", "not base64", "short", "duplicate id", "bad id"],  # the same on every collection (xdist)
 )
 def test_unusable_keys_are_refused_at_start(text, says):
     with pytest.raises(KeyRingError, match=says):
