@@ -79,14 +79,12 @@ class BareWorkflow:
         return self._updates
 
     @workflow.update
-    async def act(self) -> int:
+    async def act(self, k: int) -> int:
+        """The k-th Update, sent at once: it completes when the workflow has come to wait for it
+        (the driver of a grant request waits for the state instead; the bare one needs no polls)."""
+        await workflow.wait_condition(lambda: self._waiting_for >= k)
         self._updates += 1
         return self._updates
-
-    @workflow.query
-    def waiting_for(self) -> int:
-        """The Update the workflow waits for (1, 2, ...); 0 before the first."""
-        return self._waiting_for if self._updates < self._waiting_for else 0
 
 
 async def serve(address: str, task_queue: str) -> None:
