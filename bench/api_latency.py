@@ -84,13 +84,13 @@ async def run(haven: LocalHaven, rate: float, seconds: float, backlog: int) -> d
             response = await http.get("/v1/grant-requests?status=awaiting_decision&limit=50", headers=caseworker)
             return response.status_code == 200
 
-        rows, notes = {}, {}
+        rows = {}
         for name, send in (("get a request", get), ("list the queue", queue), ("submit", submit)):
             await phase(http, rate, 2, send)  # warm-up
             latencies, errors, achieved = await phase(http, rate, seconds, send)
             rows[name] = {**summarise(latencies), "errors": errors, "achieved_rate": round(achieved, 1)}
             print(f"{name}: {len(latencies)} ok, {errors} errors, {achieved:.1f}/s")
-        return {"rows": rows, "notes": notes}
+        return rows
 
 
 def main() -> None:
@@ -103,13 +103,12 @@ def main() -> None:
         haven = LocalHaven(Path(tmp) / "haven", HAVEN_INTAKE_RATE_PER_MINUTE="1000000")
         haven.start()
         try:
-            result = asyncio.run(run(haven, args.rate, args.seconds, args.backlog))
+            rows = asyncio.run(run(haven, args.rate, args.seconds, args.backlog))
         finally:
             try:
                 haven.stop()
             except RuntimeError as error:  # still busy with the load: the figures stand, say so
                 print(f"note: {error}; it was killed", file=sys.stderr)
-    rows = result["rows"]
     report("api_latency", rows, {
         "setup": "haven run (Temporal dev server + SQLite, worker and API in one process), open-loop load from one "
                  "process on the same machine", "rate_per_second": args.rate, "seconds": args.seconds,

@@ -174,7 +174,7 @@ async def main(requests: int, concurrency: int, warmup: int) -> int:
             bare = BareDriver(bare_client, "bare", shape)
             print(f"shape of a grant request to paid: {_describe(shape)}")
 
-            rows, rates, memory = {}, {}, {}
+            rows, rates = {}, {}
             for name, driver in (("grant request", grant), ("bare workflow", bare)):
                 await drive(driver.one, warmup, min(concurrency, warmup))
                 elapsed, latencies = await drive(driver.one, requests, concurrency)

@@ -343,7 +343,7 @@ def main() -> int:
             print(f"  {row.fault}: {problem}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"runs": args.runs, "requests_per_run": args.requests,
-                                    "faults": [asdict(r) for r in rows]}, indent=2) + "\n")  # fmt: skip
+                                    "faults": [{**asdict(r), "what": f.what} for r, f in zip(rows, chosen)]}, indent=2) + "\n")  # fmt: skip
     clean = all(r.lost == r.duplicated_payments == r.wrong_end_states == r.ledger_mismatches == 0
                 and r.audit_chain_verifies and not r.problems for r in rows)  # fmt: skip
     return 0 if clean else 1
