@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # make run starts the local Stripe server too; `make run HAVEN_LOCAL_STRIPE=false` leaves it out.
 HAVEN_LOCAL_STRIPE ?= true
 
-.PHONY: run test install clean-var bench histories faults
+.PHONY: run test install clean-var bench histories faults bytecode
 
 $(INSTALLED): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "haven needs Python 3.11 or newer (set PYTHON=...)")'
@@ -19,15 +19,21 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)
 
-run: $(INSTALLED)
+# The workflow sandbox imports a workflow's modules afresh for every workflow instance; compiled
+# once here, they are not recompiled from source each time (when PYTHONDONTWRITEBYTECODE is set,
+# Python never writes them itself). Quick when nothing changed.
+bytecode: $(INSTALLED)
+	@$(BIN)/python -m compileall -q workflows activities haven policies api
+
+run: bytecode
 	HAVEN_DEV_MODE=true HAVEN_LOCAL_STRIPE=$(HAVEN_LOCAL_STRIPE) $(BIN)/haven run
 
 # One pytest process per core; each has its own template databases and Temporal test servers.
-test: $(INSTALLED)
+test: bytecode
 	$(BIN)/pytest -n auto --dist worksteal
 
 # The full fault matrix (needs PostgreSQL): every fault, every activity boundary, 3 runs each.
-faults: $(INSTALLED)
+faults: bytecode
 	$(BIN)/python -m tests.fault_matrix
 
 # Records the history of every lifecycle path not yet in tests/histories/ (see tests/workflow_histories.py).
@@ -37,7 +43,7 @@ histories: $(INSTALLED)
 HISTORY_TESTS := tests/test_lifecycle.py tests/test_payment_outcomes.py tests/test_stripe_webhooks.py tests/test_reconciliation.py tests/test_ledger.py \
 	tests/test_canaries.py
 
-bench: $(INSTALLED)
+bench: bytecode
 	$(BIN)/python -m bench.lifecycle_throughput --requests 1000
 	$(BIN)/python -m bench.api_latency --rate 100
 	$(BIN)/python -m bench.intake_latency

@@ -51,7 +51,7 @@ from haven.money import Money
 from haven.settings import Settings
 from haven.temporal import connect
 from policies import load_policy
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 POSTGRES_SERVER = os.environ.get("HAVEN_BENCH_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/test")
 POLL_EVERY = 0.05

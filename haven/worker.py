@@ -8,7 +8,12 @@ from temporalio.worker import Worker
 from activities import build_activities
 from haven.db import Database
 from haven.settings import Settings
-from workflows import WORKFLOWS
+from workflows.grant_request import GrantRequestWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
+from workflows.retention import RetentionWorkflow
+from workflows.stripe_event import StripeEventWorkflow
+
+WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow, RetentionWorkflow]
 
 
 def build_worker(client: Client, db: Database, settings: Settings, payment_rails=None, **options) -> Worker:

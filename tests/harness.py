@@ -38,7 +38,7 @@ from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.money import Money
 from tests.workflow_histories import keep
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 _keys = itertools.count()
 

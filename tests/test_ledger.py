@@ -19,7 +19,7 @@ from tests.api_harness import assert_problem
 from tests.conftest import GENEROUS_PERIOD
 from tests.harness import Harness, caseworker
 from tests.ledger_checks import assert_ledger_balances
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 START, END = GENEROUS_PERIOD
 EUR = "EUR"

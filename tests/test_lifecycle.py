@@ -9,7 +9,7 @@ import pytest
 
 from haven.lifecycle import Status
 from tests.harness import FINANCE, Harness, caseworker, director, intermediary
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 S = Status
 

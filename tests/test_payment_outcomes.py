@@ -20,7 +20,7 @@ from haven.lifecycle import Status
 from haven.worker import build_worker
 from tests.conftest import TEST_CASE_KEYS, make_settings
 from tests.harness import Harness, caseworker, intermediary
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 STRIPE_PAYEE = {"name": "Digital Safety Partners", "country": "LT", "rail": "stripe", "stripe_account": "acct_1DSP"}
 

@@ -40,7 +40,7 @@ from haven.worker import build_worker
 from tests.api_harness import assert_problem, stored_counts
 from tests.conftest import TEST_CASE_KEYS, DATA_CONVERTER, make_settings, venv_binary
 from tests.harness import intermediary, submission
-from workflows import ReconciliationWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
 from tests.workflow_histories import keep
 
 DAY = date(2026, 11, 24)

@@ -16,7 +16,8 @@ from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError, _Definition
 
 from tests.workflow_histories import recorded
-from workflows import WORKFLOWS, GrantRequestWorkflow
+from haven.worker import WORKFLOWS
+from workflows.grant_request import GrantRequestWorkflow
 
 HISTORIES = recorded()
 

@@ -30,7 +30,7 @@ from haven.worker import build_worker
 from tests.conftest import TEST_CASE_KEYS, make_settings
 from haven.settings import REPO_ROOT
 from tests.harness import SAMPLE_REQUEST, Harness, caseworker
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 from tests.workflow_histories import keep
 from workflows.stripe_event import stripe_event_workflow_id
 

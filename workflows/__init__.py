@@ -1,10 +1,5 @@
-"""Durable workflows: deterministic orchestration of the grant request lifecycle."""
+"""Durable workflows: deterministic orchestration of the grant request lifecycle.
 
-from workflows.grant_request import GrantRequestWorkflow
-from workflows.reconciliation import ReconciliationWorkflow
-from workflows.retention import RetentionWorkflow
-from workflows.stripe_event import StripeEventWorkflow
-
-WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow, RetentionWorkflow]
-
-__all__ = ["GrantRequestWorkflow", "ReconciliationWorkflow", "RetentionWorkflow", "StripeEventWorkflow", "WORKFLOWS"]
+Import each workflow from its own module (`from workflows.grant_request import ...`): the
+workflow sandbox runs a workflow's module afresh for every workflow instance, package included,
+so this package imports nothing; the worker's list of workflows is in haven/worker.py."""

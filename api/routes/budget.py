@@ -24,7 +24,7 @@ from api.problems import PROBLEM_RESPONSES as PROBLEMS
 from api.problems import Problem
 from api.routes.exports import period_of
 from api.services import Services, Svc
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 router = APIRouter(prefix="/v1/budget", tags=["finance"])
 

@@ -51,7 +51,7 @@ from api.permissions import Operation, may_read_case, require, scoped_to_organis
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.services import Services, Svc
 from api.views import GrantRequestSummary, GrantRequestView, full_view, summary
-from workflows import GrantRequestWorkflow
+from workflows.grant_request import GrantRequestWorkflow
 
 router = APIRouter(prefix="/v1/grant-requests", tags=["grant requests"])
 

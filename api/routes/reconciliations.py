@@ -20,7 +20,7 @@ from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
 from api.problems import Problem
 from api.services import Svc
-from workflows import ReconciliationWorkflow
+from workflows.reconciliation import ReconciliationWorkflow
 
 router = APIRouter(prefix="/v1/reconciliations", tags=["reconciliation"])
 RunId = Annotated[str, Path(max_length=100, description="the run's id, e.g. rc_5b1e…")]
