@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
@@ -125,16 +125,19 @@ class CaseRecords:
         now = utcnow()
         changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
         # Events may be recorded out of order (an update and the main loop at once): only a newer
-        # event moves the status.
+        # event moves the status; its projected fields are written either way. One statement: SET
+        # reads the row as it was, so every CASE sees the old status_seq.
+        newer = GrantRequestRecord.status_seq < event.seq
         await session.execute(
-            update(GrantRequestRecord)
-            .where(GrantRequestRecord.id == event.request_id, GrantRequestRecord.status_seq < event.seq)
-            .values(status=str(event.status_to), status_seq=event.seq, updated_at=now)
-        )
-        if changes:
-            await session.execute(
-                update(GrantRequestRecord).where(GrantRequestRecord.id == event.request_id).values(**changes)
+            update(GrantRequestRecord.__table__)
+            .where(GrantRequestRecord.id == event.request_id)
+            .values(
+                status=case((newer, str(event.status_to)), else_=GrantRequestRecord.status),
+                status_seq=case((newer, event.seq), else_=GrantRequestRecord.status_seq),
+                updated_at=case((newer, now), else_=GrantRequestRecord.updated_at),
+                **changes,
             )
+        )
         if event.report is not None and event.report.step == "accepted":
             await session.execute(
                 update(FollowUpReportRecord)

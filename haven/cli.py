@@ -84,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     runners = {
         "run": _run_all,
         "api": lambda s: _run_part(s, _serve_api),
-        "worker": lambda s: _run_part(s, _serve_worker),
+        # A worker's activities are retried by Temporal: a pooled connection the database dropped
+        # fails one attempt, and the pool is renewed for the next, without a ping per transaction.
+        "worker": lambda s: _run_part(s, _serve_worker, pre_ping=False),
         "org": lambda s: _org(s, args),
         "export": lambda s: export_cli.run(s, args),
         "audit": lambda s: _audit_verify(s),
@@ -268,13 +270,13 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _prepare(settings: Settings):
+async def _prepare(settings: Settings, *, pre_ping: bool = True):
     from haven.db import Database
     from haven.db.migrate import upgrade_async
     from haven.temporal import connect
 
     await upgrade_async(settings.async_database_url)
-    db = Database(settings.async_database_url)
+    db = Database(settings.async_database_url, pre_ping=pre_ping)
     try:
         client = await connect(settings)
     except RuntimeError:
@@ -283,11 +285,11 @@ async def _prepare(settings: Settings):
     return db, client
 
 
-async def _run_part(settings: Settings, serve) -> int:
+async def _run_part(settings: Settings, serve, *, pre_ping: bool = True) -> int:
     """One part (API or worker) on its own, as production runs them."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    db, client = await _prepare(settings)
+    db, client = await _prepare(settings, pre_ping=pre_ping)
     await serve(settings, client, db, stop)
     await db.dispose()
     return 0
