@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, FilePath, model_validator
 
 from haven.grant_request import PaymentRail
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +24,22 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     task_queue: str = "grant-requests"
     temporal_ui_port: int = 8233
+    # A cluster beyond the dev server (haven.temporal): Temporal Cloud takes an API key, or a
+    # client certificate (mTLS) with its key. TLS is on when any of these is set, or when asked;
+    # the server's certificate is checked against the system's roots unless a CA file is given.
+    temporal_api_key: str = ""
+    temporal_tls: bool | None = None
+    temporal_tls_server_ca_file: FilePath | None = None
+    temporal_tls_server_name: str = ""  # when the certificate does not name the address's host
+    temporal_tls_client_cert_file: FilePath | None = None
+    temporal_tls_client_key_file: FilePath | None = None
+    # Payloads are sealed (haven.payload_codec) and do not compress: gzip would spend CPU on both
+    # sides for nothing. On for a slow link, where the rest of each message may be worth it.
+    temporal_grpc_compression: bool = False
+    # The worker keeps this many workflows in memory between their steps; one that left the cache
+    # is replayed from its history when it next has work (slower, never wrong).
+    worker_max_cached_workflows: int = Field(default=1000, ge=0)
+    worker_max_concurrent_activities: int = Field(default=100, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000
@@ -95,6 +111,19 @@ class Settings(BaseSettings):
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'haven.db'}"
         return self
+
+    @model_validator(mode="after")
+    def _temporal_tls_complete(self) -> "Settings":
+        if bool(self.temporal_tls_client_cert_file) != bool(self.temporal_tls_client_key_file):
+            raise ValueError("HAVEN_TEMPORAL_TLS_CLIENT_CERT_FILE and HAVEN_TEMPORAL_TLS_CLIENT_KEY_FILE go together: set both or neither")
+        if self.temporal_tls is False and self.temporal_tls_options_set:
+            raise ValueError("HAVEN_TEMPORAL_TLS=false, but an API key or a TLS file is set: they need TLS (unset it)")
+        return self
+
+    @property
+    def temporal_tls_options_set(self) -> bool:
+        return bool(self.temporal_api_key or self.temporal_tls_server_ca_file or self.temporal_tls_server_name
+                    or self.temporal_tls_client_cert_file)  # fmt: skip
 
     @property
     def payment_rails(self) -> frozenset[PaymentRail]:

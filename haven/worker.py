@@ -19,6 +19,11 @@ WORKFLOWS = [GrantRequestWorkflow, StripeEventWorkflow, ReconciliationWorkflow, 
 def build_worker(client: Client, db: Database, settings: Settings, payment_rails=None, **options) -> Worker:
     """`payment_rails` replaces the configured rails (tests drive a rail of their own); `options`
     go to the Temporal worker."""
+    options = {
+        "max_cached_workflows": settings.worker_max_cached_workflows,
+        "max_concurrent_activities": settings.worker_max_concurrent_activities,
+        **options,
+    }
     return Worker(
         client,
         task_queue=settings.task_queue,
