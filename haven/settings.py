@@ -39,7 +39,14 @@ class Settings(BaseSettings):
     # The worker keeps this many workflows in memory between their steps; one that left the cache
     # is replayed from its history when it next has work (slower, never wrong).
     worker_max_cached_workflows: int = Field(default=1000, ge=0)
-    worker_max_concurrent_activities: int = Field(default=100, ge=1)
+    # How much a worker process takes on at once. Its workflow steps and database activities share
+    # one CPU (one Python process): taking more than it can run makes every one of them late, until
+    # heartbeats and timeouts are missed and work is retried. What it does not take waits in
+    # Temporal's task queue, for this worker or another one (scale with more workers).
+    worker_max_concurrent_workflow_tasks: int = Field(default=10, ge=2)
+    worker_max_concurrent_local_activities: int = Field(default=20, ge=1)
+    # Regular activities mostly wait on the network (a payment rail's call).
+    worker_max_concurrent_activities: int = Field(default=50, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -21,6 +21,8 @@ def build_worker(client: Client, db: Database, settings: Settings, payment_rails
     go to the Temporal worker."""
     options = {
         "max_cached_workflows": settings.worker_max_cached_workflows,
+        "max_concurrent_workflow_tasks": settings.worker_max_concurrent_workflow_tasks,
+        "max_concurrent_local_activities": settings.worker_max_concurrent_local_activities,
         "max_concurrent_activities": settings.worker_max_concurrent_activities,
         **options,
     }
