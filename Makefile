@@ -45,6 +45,7 @@ HISTORY_TESTS := tests/test_lifecycle.py tests/test_payment_outcomes.py tests/te
 
 bench: bytecode
 	$(BIN)/python -m bench.lifecycle_throughput --requests 1000
+	$(BIN)/python -m bench.open_requests --requests 10000 --follow-ups 1000
 	$(BIN)/python -m bench.api_latency --rate 100
 	$(BIN)/python -m bench.intake_latency
 	$(BIN)/python -m bench.payment_latency

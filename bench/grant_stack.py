@@ -152,6 +152,12 @@ async def drive(one: Callable[[int], Awaitable[object]], requests: int, concurre
     return loop.time() - started, latencies
 
 
+OVERLOAD_SIGNS = {
+    "workflow_tasks_over_5_s": "Workflow task duration exceeded",
+    "activities_timed_out_then_finished": "Activity not found on completion",
+}
+
+
 @dataclass
 class GrantStack:
     settings: Settings
@@ -162,6 +168,12 @@ class GrantStack:
     _log: Path
     _processes: list[subprocess.Popen]
     worker: subprocess.Popen | None = None  # `haven worker`
+
+    def overload_signs(self) -> dict[str, int]:
+        """What the workers' log shows of a worker taking on more than it can run: slow workflow
+        tasks and activities that finished after Temporal had timed them out (and retried them)."""
+        text = self._log.read_text(errors="replace") if self._log.exists() else ""
+        return {sign: text.count(pattern) for sign, pattern in OVERLOAD_SIGNS.items()}
 
     def spawn(self, command: list[str], **options) -> subprocess.Popen:
         """Another process of the benchmark's (stopped with the stack), its output in the workers' log."""

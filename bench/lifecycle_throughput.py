@@ -71,9 +71,10 @@ async def main(requests: int, concurrency: int, warmup: int) -> int:
         memory = {"grant_worker_rss_mb": round(rss_mb(stack.worker.pid), 1), "bare_worker_rss_mb": round(rss_mb(bare_worker.pid), 1)}
         ratio = round(rates["grant request"] / rates["bare workflow"], 3)
         print(f"grant request / bare workflow: {ratio:.1%} of the bare workflow's rate (target: 80 % or more)")
+        print(f"overload signs in the workers' log: {stack.overload_signs()}")
         report("lifecycle_throughput", rows, {
             "requests": requests, "concurrency": concurrency, "warmup": warmup,
-            "requests_per_second": rates, "ratio": ratio, "cpu_ms_per_request": cpu, "shape": _describe(shape), **memory,
+            "overload_signs": stack.overload_signs(), "requests_per_second": rates, "ratio": ratio, "cpu_ms_per_request": cpu, "shape": _describe(shape), **memory,
             "database": "PostgreSQL", "temporal": "dev server, history in a file",
         })  # fmt: skip
     return 0

@@ -5,11 +5,12 @@ what the worker holds in memory, what it spends doing nothing, and what a decisi
     .venv/bin/python -m bench.open_requests [--requests 10000] [--follow-ups 1000] [--decisions 200]
 
 On the stack of bench/grant_stack.py (dev server with its history in a file, PostgreSQL, `haven
-worker` in its own process, its workflow cache at Temporal's default of 1,000). The decisions are
-approvals of requests picked at random from the queue, one at a time, each timed from the Update
-sent to its result (the decision recorded): most of those workflows are no longer in the worker's
-cache, so their history is replayed first, as it is for a caseworker deciding on a request that
-has waited for days.
+worker` in its own process with its workflow cache of 1,000, HAVEN_WORKER_MAX_CACHED_WORKFLOWS).
+The decisions are approvals of requests picked at random from the queue, one at a time, each timed
+from the Update sent to its result (the decision recorded): most of those workflows are no longer
+in the worker's cache, so their history is replayed first, as it is for a caseworker deciding on a
+request that has waited for days. The worker's CPU time per decision includes what an approval
+sets going (the budget reserved, the payment started).
 """
 
 from __future__ import annotations
@@ -77,13 +78,13 @@ async def main(requests: int, follow_ups: int, decisions: int, concurrency: int)
         memory[f"after {len(chosen)} decisions"] = _memory(stack)
 
         print(f"worker memory: {memory}")
-        print(f"worker CPU per decision: {worker_cpu_ms} ms")
+        print(f"worker CPU per decision: {worker_cpu_ms} ms; overload signs in the worker's log: {stack.overload_signs()}")
         report("open_requests", {"decision (approve), one at a time": summarise(latencies)}, {
             "open_requests": requests, "awaiting_decision": len(queued), "in_follow_up": in_follow_up,
             "opening_seconds": round(opening_seconds, 1), "opening_requests_per_second": round(requests / opening_seconds, 2),
             "memory_mb": memory, "idle": idle, "worker_cpu_ms_per_decision": worker_cpu_ms,
-            "worker_workflow_cache": "Temporal's default (max_cached_workflows=1000)",
-            "total_seconds": round(time.perf_counter() - started, 1),
+            "worker_workflow_cache": stack.settings.worker_max_cached_workflows,
+            "overload_signs": stack.overload_signs(), "total_seconds": round(time.perf_counter() - started, 1),
             "database": "PostgreSQL", "temporal": "dev server, history in a file",
         })  # fmt: skip
     return 0
