@@ -15,6 +15,7 @@ from haven.temporal import connect
 from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
+from api.metrics import ApiMetrics, RequestMetrics
 from api.routes import audit, budget, codec, erasure, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
@@ -60,8 +61,10 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     problems.install(app)
+    app.state.metrics = ApiMetrics()
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: it times the others too
     for router in ROUTERS:
         app.include_router(router)
     openapi.install(app, routes())

@@ -1,0 +1,76 @@
+"""The API's Prometheus metrics: its requests (by route template, never by path, so no request id
+becomes a label) and the fund's state read from the database when scraped (requests by status,
+overdue follow-ups). Aggregates only: nothing here names an organisation or a defender. The
+worker's metrics (Temporal's own, time to decision and to payment) are on its own endpoint
+(haven.worker_metrics)."""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from haven.db import Database
+from haven.db.models import GrantRequestRecord
+from haven.lifecycle import Status
+
+# Most answers take milliseconds; a submission waits for Temporal to start its workflow.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class ApiMetrics:
+    """One registry per app (tests build many apps in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("haven_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("haven_http_request_duration_seconds", "Time to answer an HTTP request",
+                                 ["method", "route"], buckets=LATENCY_BUCKETS, registry=self.registry)  # fmt: skip
+        self.by_status = Gauge("haven_grant_requests", "Grant requests by status", ["status"], registry=self.registry)
+        self.overdue = Gauge("haven_follow_ups_overdue", "Requests in follow-up whose report is overdue", registry=self.registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(method, route, str(status)).inc()
+        self.latency.labels(method, route).observe(seconds)
+
+    async def exposition(self, db: Database) -> bytes:
+        """The text Prometheus scrapes, the fund's state read now."""
+        async with db.sessions() as session:
+            counts = dict((await session.execute(
+                select(GrantRequestRecord.status, func.count()).group_by(GrantRequestRecord.status)
+            )).all())  # fmt: skip
+            overdue = await session.scalar(
+                select(func.count()).where(GrantRequestRecord.status == Status.FOLLOW_UP, GrantRequestRecord.follow_up_overdue.is_(True))
+            )
+        for status in Status:  # every status, zeros included, so a graph does not lose its line
+            self.by_status.labels(status.value).set(counts.get(status.value, 0))
+        self.overdue.set(overdue or 0)
+        return generate_latest(self.registry)
+
+
+class RequestMetrics:
+    """Pure ASGI middleware: counts and times every HTTP request by its route template."""
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            # The router writes the matched route into the scope; unmatched paths share one label.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)

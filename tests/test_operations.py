@@ -1,0 +1,67 @@
+"""What operators and their monitoring read: readiness (the database and Temporal both reachable)
+and the API's Prometheus metrics (its requests by route template, the fund's requests by status)."""
+
+from __future__ import annotations
+
+import re
+
+from temporalio.client import Client
+
+from haven.db import Database
+from tests.api_harness import Api, assert_problem
+
+
+async def test_ready_when_the_database_and_temporal_answer(api: Api):
+    response = await api.http.get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"status": "ready", "checks": {"database": "ok", "temporal": "ok"}}
+
+
+async def test_not_ready_names_what_cannot_be_reached(api: Api):
+    services = api.app.state.services
+    reachable_db, reachable_client = services.db, services.client
+    nowhere = Database("postgresql+psycopg://root@127.0.0.1:1/none")  # nothing listens on port 1
+    try:
+        services.db = nowhere
+        body = assert_problem(await api.http.get("/readyz"), 503, "not-ready")
+        assert body["detail"] == "cannot reach database"
+        services.db, services.client = reachable_db, await Client.connect("127.0.0.1:1", lazy=True)
+        body = assert_problem(await api.http.get("/readyz"), 503, "not-ready")
+        assert body["detail"] == "cannot reach temporal"
+        assert body["errors"] == [{"field": "temporal", "message": "unreachable"}]
+    finally:
+        services.db, services.client = reachable_db, reachable_client
+        await nowhere.dispose()
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float | None:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in exposition.splitlines():
+        if line.startswith(f"{name}{{{wanted}}} ") or (not labels and line.startswith(f"{name} ")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_metrics_count_requests_by_route_template_and_the_fund_by_status(api: Api):
+    submitted = await api.submit()
+    request_id = submitted.json()["id"]
+    await api.until_status(request_id, "awaiting_decision")
+    missing = "gr_" + "0" * 20
+    for _ in range(3):
+        await api.http.get(f"/v1/grant-requests/{missing}", headers=api.token("caseworker", "cw-1"))
+
+    response = await api.http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert _sample(text, "haven_http_requests_total", method="POST", route="/v1/grant-requests", status="202") == 1
+    assert _sample(text, "haven_http_requests_total", method="GET", route="/v1/grant-requests/{request_id}", status="404") == 3
+    assert request_id not in text and missing not in text  # ids never become labels
+    assert _sample(text, "haven_http_request_duration_seconds_count", method="POST", route="/v1/grant-requests") == 1
+    assert _sample(text, "haven_grant_requests", status="awaiting_decision") == 1
+    assert _sample(text, "haven_grant_requests", status="paid") == 0  # every status has its line
+    assert _sample(text, "haven_follow_ups_overdue") == 0
+
+    await api.http.get("/no/such/path")
+    text = (await api.http.get("/metrics")).text
+    assert _sample(text, "haven_http_requests_total", method="GET", route="unmatched", status="404") == 1
+    assert not re.search(r'route="/no/such', text)
