@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from temporalio import activity
@@ -10,6 +12,8 @@ from haven import ledger
 from haven.audit_chain import append
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
+from haven.lifecycle import Status
+from haven.worker_metrics import TIME_TO_DECISION, TIME_TO_FIRST_PAYMENT, observe_time_to
 from haven.notifications.outbox import outbox_entry
 from haven.db.models import (
     AuditEvent,
@@ -48,11 +52,13 @@ class CaseRecords:
                 if already is not None:
                     return False
                 self._write(session, event)
-                await self._project(session, event)
+                submitted_at = await self._project(session, event)
                 await append(session, self._audit_event(event))  # last: it takes the chain's lock
         except IntegrityError:
             # A concurrent attempt of this same activity won the race and wrote it all.
             return False
+        if submitted_at is not None:  # committed, once: a retry returned above
+            _observe_timings(event, submitted_at)
         return True
 
     @staticmethod
@@ -121,14 +127,15 @@ class CaseRecords:
                 )
             )
 
-    async def _project(self, session, event: CaseEvent) -> None:
+    async def _project(self, session, event: CaseEvent) -> datetime | None:
+        """Writes the event into the request's row (and its payment's); returns when it was submitted."""
         now = utcnow()
         changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
         # Events may be recorded out of order (an update and the main loop at once): only a newer
         # event moves the status; its projected fields are written either way. One statement: SET
         # reads the row as it was, so every CASE sees the old status_seq.
         newer = GrantRequestRecord.status_seq < event.seq
-        await session.execute(
+        submitted_at = await session.scalar(
             update(GrantRequestRecord.__table__)
             .where(GrantRequestRecord.id == event.request_id)
             .values(
@@ -137,6 +144,7 @@ class CaseRecords:
                 updated_at=case((newer, now), else_=GrantRequestRecord.updated_at),
                 **changes,
             )
+            .returning(GrantRequestRecord.created_at)
         )
         if event.report is not None and event.report.step == "accepted":
             await session.execute(
@@ -164,3 +172,11 @@ class CaseRecords:
             )
             if p.status == "paid":
                 await ledger.record_payment(session, event.request_id, p.tranche, event.actor.subject, event.at)
+        return submitted_at
+
+
+def _observe_timings(event: CaseEvent, submitted_at: datetime) -> None:
+    if event.status_to != event.status_from and event.status_to in (Status.APPROVED, Status.REJECTED):
+        observe_time_to(TIME_TO_DECISION, submitted_at, event.at)
+    if event.payment is not None and event.payment.status == "paid" and event.payment.tranche == 1:
+        observe_time_to(TIME_TO_FIRST_PAYMENT, submitted_at, event.at)

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runners = {
         "run": _run_all,
-        "api": lambda s: _run_part(s, _serve_api),
+        "api": lambda s: _run_part(s, _serve_api, serves_worker=False),
         # A worker's activities are retried by Temporal: a pooled connection the database dropped
         # fails one attempt, and the pool is renewed for the next, without a ping per transaction.
         "worker": lambda s: _run_part(s, _serve_worker, pre_ping=False),
@@ -270,26 +270,31 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _prepare(settings: Settings, *, pre_ping: bool = True):
+async def _prepare(settings: Settings, *, pre_ping: bool = True, serves_worker: bool = True):
     from haven.db import Database
     from haven.db.migrate import upgrade_async
     from haven.temporal import connect
 
     await upgrade_async(settings.async_database_url)
     db = Database(settings.async_database_url, pre_ping=pre_ping)
+    runtime = None
+    if serves_worker and settings.worker_metrics_address:
+        from haven.worker_metrics import telemetry_runtime
+
+        runtime = telemetry_runtime(settings.worker_metrics_address)
     try:
-        client = await connect(settings)
+        client = await connect(settings, runtime)
     except RuntimeError:
         await db.dispose()
         raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
     return db, client
 
 
-async def _run_part(settings: Settings, serve, *, pre_ping: bool = True) -> int:
+async def _run_part(settings: Settings, serve, *, pre_ping: bool = True, serves_worker: bool = True) -> int:
     """One part (API or worker) on its own, as production runs them."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    db, client = await _prepare(settings, pre_ping=pre_ping)
+    db, client = await _prepare(settings, pre_ping=pre_ping, serves_worker=serves_worker)
     await serve(settings, client, db, stop)
     await db.dispose()
     return 0

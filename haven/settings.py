@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     worker_max_concurrent_local_activities: int = Field(default=20, ge=1)
     # Regular activities mostly wait on the network (a payment rail's call).
     worker_max_concurrent_activities: int = Field(default=50, ge=1)
+    # host:port where a worker serves its Prometheus metrics (Temporal's and the fund's timings,
+    # haven.worker_metrics); empty: none. In `haven run` the one process serves them there.
+    worker_metrics_address: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -7,6 +7,7 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 from temporalio.service import GrpcCompression, TLSConfig
 
 from haven.keys import payload_keys
@@ -42,5 +43,8 @@ def _tls(settings: Settings) -> bool | TLSConfig:
     return bool(settings.temporal_tls or settings.temporal_api_key)
 
 
-async def connect(settings: Settings) -> Client:
-    return await Client.connect(settings.temporal_address, data_converter=data_converter(settings), **connection_options(settings))
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """`runtime`: the process's Temporal runtime, when it exports metrics (haven.worker_metrics)."""
+    return await Client.connect(
+        settings.temporal_address, data_converter=data_converter(settings), runtime=runtime, **connection_options(settings)
+    )
