@@ -35,7 +35,8 @@ def _parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(text[:-1]) * units[text[-1]])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """Every `haven` command (the compose file's commands are checked against it)."""
     parser = argparse.ArgumentParser(prog="haven", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="everything on one machine: Temporal dev server, worker and API "
@@ -64,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     new_key = keys_commands.add_parser("new", help="a new AES-256 key as id:base64key, for HAVEN_PAYLOAD_KEYS or HAVEN_MASTER_KEYS")
     new_key.add_argument("--id", required=True, help="the key's id, e.g. 2027-01 (letters, digits, '-', '_')")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "keys":
         from haven.keyring import KeyRing
 
