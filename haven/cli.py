@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         # fails one attempt, and the pool is renewed for the next, without a ping per transaction.
         "worker": lambda s: _run_part(s, _serve_worker, pre_ping=False),
         "org": lambda s: _org(s, args),
-        "export": lambda s: export_cli.run(s, args),
+        "export": lambda s: _export(s, args),
         "audit": lambda s: _audit_verify(s),
     }
     from api.jwks import ConfigurationError
@@ -131,6 +131,17 @@ def _token(settings: Settings, args) -> int:
     dev = settings.model_copy(update={"dev_mode": True})
     print(TokenVerifier(dev).issue(args.sub, roles, args.org, args.ttl))
     return 0
+
+
+async def _export(settings: Settings, args) -> int:
+    from haven.exports import cli as export_cli
+    from haven.exports.sources import ExportFailed
+
+    try:
+        return await export_cli.run(settings, args)
+    except ExportFailed as failure:  # nothing was written (see write_export)
+        print(f"haven export: {failure}", file=sys.stderr)
+        return 1
 
 
 async def _org(settings: Settings, args) -> int:
