@@ -4,24 +4,28 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
+import structlog
 from fastapi import Depends, FastAPI
 from temporalio.client import Client
 
 from haven.db import Database
-from haven.intake import Intake, record_policy_version
+from haven.intake import Intake
 from haven.keys import case_keys, payload_keys, pseudonym_index_key
+from haven.policy_versions import ActivePolicy, activate_if_none
 from haven.settings import Settings, get_settings
 from haven.temporal import connect
 from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
 from api.metrics import ApiMetrics, RequestMetrics
-from api.routes import audit, budget, codec, erasure, exports, grant_requests, refunds, health, organisations, reconciliations, staff, stripe_webhooks
+from api.routes import audit, budget, codec, erasure, exports, grant_requests, refunds, health, organisations, policies, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
 
 
-ROUTERS = [health.router, grant_requests.router, refunds.router, erasure.router, budget.router, organisations.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router, codec.router]
+log = structlog.get_logger(__name__)
+
+ROUTERS = [health.router, grant_requests.router, refunds.router, erasure.router, budget.router, organisations.router, policies.router, staff.router, stripe_webhooks.router, reconciliations.router, exports.router, audit.router, codec.router]
 
 
 def routes():
@@ -40,12 +44,16 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         own_db = db is None
         database = db or Database(settings.async_database_url)
         temporal = client or await connect(settings)
-        pinned = load_policy(settings.policy_file)
-        await record_policy_version(database, pinned)
+        from_file = load_policy(settings.policy_file)
+        active = await activate_if_none(database, from_file)
+        if active.hash != from_file.hash:
+            log.warning("policy_file_not_active", file=str(settings.policy_file), file_hash=from_file.hash, active_hash=active.hash,
+                        hint="propose it with POST /v1/policies and activate it to use it")  # fmt: skip
         sealed = case_keys(settings)
         intake = Intake(
-            database, temporal, settings.task_queue, pinned, pseudonym_index_key(settings), settings.payment_rails, case_keys=sealed
-        )
+            database, temporal, settings.task_queue, active, pseudonym_index_key(settings), settings.payment_rails,
+            case_keys=sealed, policies=ActivePolicy(database, active),
+        )  # fmt: skip
         app.state.services = Services(
             settings, database, temporal, intake, verifier, RateLimit(settings.intake_rate_per_minute), payload_keys(settings), sealed
         )

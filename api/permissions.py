@@ -48,6 +48,7 @@ class Operation(StrEnum):
     VERIFY_AUDIT = "verify the audit log's hash chain"
     ERASE = "erase a request that is over (its details destroyed for good)"
     DECODE_PAYLOADS = "open or seal Temporal payloads for the web UI (opening is audited)"
+    MANAGE_POLICY = "propose, review and activate a policy version"
 
 
 PERMISSIONS: dict[Operation, frozenset[Role]] = {
@@ -80,6 +81,7 @@ PERMISSIONS: dict[Operation, frozenset[Role]] = {
     Operation.VERIFY_AUDIT: frozenset({R.FINANCE, R.DIRECTOR, R.ADMIN}),
     Operation.ERASE: frozenset({R.ADMIN}),
     Operation.DECODE_PAYLOADS: frozenset({R.CASEWORKER, R.DIRECTOR}),
+    Operation.MANAGE_POLICY: frozenset({R.ADMIN}),
 }
 
 # Intermediaries see and act on their own organisation's requests only.

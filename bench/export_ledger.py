@@ -40,7 +40,7 @@ from haven import ledger
 from haven.db import Database, utcnow
 from haven.db.migrate import upgrade_async
 from haven.db.models import GrantRequestRecord, Organisation
-from haven.intake import record_policy_version
+from haven.policy_versions import record_policy_version
 from haven.money import Money
 from haven.settings import REPO_ROOT
 from policies import load_policy

@@ -32,7 +32,8 @@ from haven.db import Database, utcnow
 from haven.db.migrate import upgrade_async
 from haven.db.models import GrantRequestRecord, Organisation
 from haven.grant_request import Actor, ActionResult, Category, DecisionCommand, GrantRequestSubmission, ManualPaymentRecord, Role
-from haven.intake import Intake, record_policy_version
+from haven.intake import Intake
+from haven.policy_versions import record_policy_version
 from haven.keys import case_keys, pseudonym_index_key
 from haven.lifecycle import Status
 from haven.localstack import HAVEN, free_port

@@ -18,12 +18,12 @@ from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
-from haven.audit import record_change
 from haven.case_keys import SENSITIVE, CaseKeys
 from haven.db import Database, utcnow
-from haven.db.models import GrantRequestRecord, Organisation, PolicyRecord
-from haven.grant_request import SYSTEM, Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
+from haven.db.models import GrantRequestRecord, Organisation
+from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
 from haven.lifecycle import Status
+from haven.policy_versions import ActivePolicy
 from policies import PolicyVersion
 from policies.rules import PolicyViolation, check_intake, to_base
 
@@ -60,25 +60,6 @@ def defender_ref(pseudonym: str, key: bytes) -> str:
     return hmac.new(key, normalised.encode(), hashlib.sha256).hexdigest()
 
 
-async def record_policy_version(db: Database, pinned: PolicyVersion) -> None:
-    """Stores the policy in force so requests pinned to it can always find it again. A new version
-    is a policy change: audited with it."""
-    try:
-        async with db.transaction() as session:
-            if await session.get(PolicyRecord, pinned.hash) is None:
-                session.add(
-                    PolicyRecord(
-                        hash=pinned.hash,
-                        name=pinned.policy.name,
-                        content=pinned.policy.model_dump(mode="json"),
-                        created_at=utcnow(),
-                    )
-                )
-                await record_change(session, SYSTEM, "policy_version_recorded", hash=pinned.hash, name=pinned.policy.name)
-    except IntegrityError:
-        pass  # another process recorded it at the same moment
-
-
 class Intake:
     def __init__(
         self,
@@ -90,7 +71,11 @@ class Intake:
         rails: frozenset[PaymentRail] = frozenset({PaymentRail.MANUAL}),
         *,
         case_keys: CaseKeys,
+        policies: ActivePolicy | None = None,
     ):
+        """`policy` is the version new requests are pinned to; with `policies`, the active version
+        as administrators change it (haven.policy_versions), `policy` being the one active now."""
+        self.policies = policies
         self.case_keys = case_keys  # the request's details are sealed with a key of its own
         self.rails = rails  # the payment rails this deployment is configured for
         self.db = db
@@ -119,6 +104,8 @@ class Intake:
             raise IntakeRefused("policy", f"this fund does not pay through {submission.payee.rail}", "payee.rail")
         if admit is not None:
             admit()
+        if self.policies is not None:
+            self.policy = await self.policies.current()
         try:
             check_intake(self.policy.policy, submission.category, submission.amount, submission.tranches)
         except PolicyViolation as violation:

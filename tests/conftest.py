@@ -20,7 +20,7 @@ from haven import ledger
 from haven.db.models import BudgetAllocation, Organisation
 from haven.grant_request import Category
 from haven.money import Money
-from haven.intake import record_policy_version
+from haven.policy_versions import record_policy_version
 from haven.settings import REPO_ROOT, Settings
 from haven.stripe_local import LocalStripe
 from haven.case_keys import CaseKeys, MasterKeys

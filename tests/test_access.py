@@ -23,10 +23,12 @@ from haven.db.models import AuditEvent, Organisation, ReconciliationRun, StaffMe
 from haven.exports.spec import ExportFormat, ExportKind, ExportSpec, Period
 from haven.exports.stream import Export, record_export
 from haven.grant_request import Actor, Role
+from haven.policy_versions import record_policy_version, version_of
 from haven.settings import REPO_ROOT
 from haven.stripe_local import LocalStripe
 from haven.worker import build_worker
 from tests.conftest import DATA_CONVERTER, make_settings, prepare_database, venv_binary
+from policies import load_policy
 from tests.harness import SAMPLE_REQUEST
 
 I, C, D, F, A = "intermediary", "caseworker", "director", "finance", "admin"
@@ -35,8 +37,11 @@ EUR = {"minor_units": 1_000, "currency": "EUR"}
 YESTERDAY = (utcnow().date() - timedelta(days=1)).isoformat()
 RUN = "rc_access"  # a reconciliation run the fixture stores
 EXPORT = "ex_" + "a" * 32  # an export whose manifest the fixture records
+# A policy version the fixture records, not active (the default policy under another name).
+PROPOSED_POLICY = version_of(load_policy(REPO_ROOT / "policies" / "default.yaml").policy.model_copy(update={"name": "access-proposal"}))
 # Placeholders of paths that are neither a request, an organisation nor a staff member.
-FIXED_PLACES = {"{run_id}": RUN, "{export_id}": EXPORT, "{kind}": "ledger", "{category}": "legal_fees", "{starts_on}": "3000-01-01"}
+FIXED_PLACES = {"{run_id}": RUN, "{export_id}": EXPORT, "{kind}": "ledger", "{category}": "legal_fees", "{starts_on}": "3000-01-01",
+                "{policy_hash}": PROPOSED_POLICY.hash}  # fmt: skip
 
 
 def _placed(path: str) -> str:
@@ -94,6 +99,10 @@ ENDPOINTS = [
     E("POST", "/v1/grant-requests/{id}/erasure", {A}, {"reason": "asked by the defender"}),
     E("POST", "/v1/codec/decode", {C, D}, {"payloads": []}),
     E("POST", "/v1/codec/encode", {C, D}, {"payloads": []}),
+    E("GET", "/v1/policies", {A}),
+    E("POST", "/v1/policies", {A}, PROPOSED_POLICY.policy.model_dump(mode="json")),
+    E("GET", "/v1/policies/{policy_hash}", {A}),
+    E("POST", "/v1/policies/{policy_hash}/activation", {A}, {"note": "access test"}),
 ]
 
 
@@ -143,6 +152,7 @@ async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
     async for _ in export.chunks(db):
         pass
     await record_export(db, export.actor, export.manifest)
+    await record_policy_version(db, PROPOSED_POLICY)
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
     )

@@ -21,7 +21,7 @@ from haven.db import Database, utcnow
 from haven.db.migrate import alembic_config
 from haven.db.models import AuditChainHead, AuditEvent
 from haven.grant_request import SYSTEM
-from haven.intake import record_policy_version
+from haven.policy_versions import record_policy_version
 from haven.lifecycle import Status
 from haven.settings import REPO_ROOT
 from tests.api_harness import Api

@@ -98,6 +98,19 @@ class PolicyRecord(Base):
     created_at: Mapped[datetime]
 
 
+class PolicyActivation(Base):
+    """Which policy version new requests are pinned to: the latest activation. Running requests
+    keep the version they were pinned to."""
+
+    __tablename__ = "policy_activations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    policy_hash: Mapped[str] = mapped_column(ForeignKey("policy_versions.hash"))
+    activated_by: Mapped[str] = mapped_column(String(200))
+    activated_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(String(2000))
+
+
 class GrantRequestRecord(Base):
     __tablename__ = "grant_requests"
     __table_args__ = (
