@@ -299,7 +299,7 @@ async def _prepare(settings: Settings, *, pre_ping: bool = True, serves_worker: 
 
         runtime = telemetry_runtime(settings.worker_metrics_address)
     try:
-        client = await connect(settings, runtime)
+        client = await connect(settings, runtime, service_name="haven-worker" if serves_worker else "haven-api")
     except RuntimeError:
         await db.dispose()
         raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     # host:port where a worker serves its Prometheus metrics (Temporal's and the fund's timings,
     # haven.worker_metrics); empty: none. In `haven run` the one process serves them there.
     worker_metrics_address: str = ""
+    # OpenTelemetry traces of Temporal work (haven.tracing), sent over OTLP/HTTP to this URL
+    # (e.g. http://collector:4318/v1/traces); empty: no tracing.
+    tracing_otlp_endpoint: str = ""
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

@@ -13,6 +13,7 @@ from temporalio.service import GrpcCompression, TLSConfig
 from haven.keys import payload_keys
 from haven.payload_codec import data_converter as sealed_converter
 from haven.settings import Settings
+from haven.tracing import tracing_interceptors
 
 
 def data_converter(settings: Settings) -> DataConverter:
@@ -43,8 +44,10 @@ def _tls(settings: Settings) -> bool | TLSConfig:
     return bool(settings.temporal_tls or settings.temporal_api_key)
 
 
-async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
-    """`runtime`: the process's Temporal runtime, when it exports metrics (haven.worker_metrics)."""
+async def connect(settings: Settings, runtime: Runtime | None = None, *, service_name: str = "haven") -> Client:
+    """`runtime`: the process's Temporal runtime, when it exports metrics (haven.worker_metrics);
+    `service_name` names the process in traces (haven.tracing)."""
     return await Client.connect(
-        settings.temporal_address, data_converter=data_converter(settings), runtime=runtime, **connection_options(settings)
-    )
+        settings.temporal_address, data_converter=data_converter(settings), runtime=runtime,
+        interceptors=tracing_interceptors(settings, service_name), **connection_options(settings),
+    )  # fmt: skip
