@@ -1,12 +1,15 @@
-"""The API's Prometheus metrics: its requests (by route template, never by path, so no request id
-becomes a label) and the fund's state read from the database when scraped (requests by status,
-overdue follow-ups). Aggregates only: nothing here names an organisation or a defender. The
+"""The API's Prometheus metrics and HTTP request ids: its requests (by route template, never by
+path, so no grant request's id becomes a label) and the fund's state read from the database when
+scraped (requests by status, overdue follow-ups). Aggregates only: nothing here names an organisation or a defender. The
 worker's metrics (Temporal's own, time to decision and to payment) are on its own endpoint
 (haven.worker_metrics)."""
 
 from __future__ import annotations
 
+import secrets
 import time
+
+import structlog
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
@@ -51,7 +54,8 @@ class ApiMetrics:
 
 
 class RequestMetrics:
-    """Pure ASGI middleware: counts and times every HTTP request by its route template."""
+    """Pure ASGI middleware: counts and times every HTTP request by its route template, and gives it
+    an id (X-Request-ID, bound into its log lines)."""
 
     def __init__(self, app: ASGIApp, metrics: ApiMetrics):
         self.app, self.metrics = app, metrics
@@ -61,16 +65,28 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         started, status = time.perf_counter(), 500
+        request_id = _request_id(scope)
 
         async def send_and_note(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            # Every line logged while answering names the request (and is returned to the caller).
+            with structlog.contextvars.bound_contextvars(http_request_id=request_id):
+                await self.app(scope, receive, send_and_note)
         finally:
             # The router writes the matched route into the scope; unmatched paths share one label.
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is a plain token (a proxy's), or a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and 8 <= len(value) <= 64 and value.replace(b"-", b"").isalnum():
+            return value.decode()
+    return secrets.token_hex(8)

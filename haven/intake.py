@@ -154,6 +154,7 @@ class Intake:
             if existing is None:
                 raise
             return await self._replay(existing, digest)
+        log.info("grant_request_received", request_id=record.id, organisation=organisation_id, policy=record.policy_hash)
         await self.start_workflow(record)
         return Accepted(record, created=True)
 

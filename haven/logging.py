@@ -8,6 +8,7 @@ import logging
 from typing import Any
 
 import structlog
+from temporalio import activity
 
 
 # Fields of a case that name or endanger people (haven.grant_request), and free text about them.
@@ -31,11 +32,23 @@ def redact_sensitive(_logger: Any, _method: str, event_dict: dict) -> dict:
     return {k: REDACTED if k.lower() in SENSITIVE_FIELDS else _redacted(v) for k, v in event_dict.items()}
 
 
+def add_temporal_context(_logger: Any, _method: str, event_dict: dict) -> dict:
+    """A structlog processor: a line logged inside an activity names its workflow (the request's
+    id, for a grant request), the activity and the attempt."""
+    if activity.in_activity():
+        info = activity.info()
+        event_dict.setdefault("workflow_id", info.workflow_id)
+        event_dict.setdefault("activity", info.activity_type)
+        event_dict.setdefault("attempt", info.attempt)
+    return event_dict
+
+
 def configure_logging(*, dev_mode: bool) -> None:
     renderer = structlog.dev.ConsoleRenderer(colors=False) if dev_mode else structlog.processors.JSONRenderer()
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            structlog.contextvars.merge_contextvars,  # the API's http_request_id (api/metrics.py)
+            add_temporal_context,
             redact_sensitive,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -3,12 +3,14 @@ and the API's Prometheus metrics (its requests by route template, the fund's req
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
+import structlog
 from temporalio.client import Client
 
 from haven.db import Database
-from tests.api_harness import Api, assert_problem
+from tests.api_harness import BODY, Api, assert_problem
 
 
 async def test_ready_when_the_database_and_temporal_answer(api: Api):
@@ -65,3 +67,35 @@ async def test_metrics_count_requests_by_route_template_and_the_fund_by_status(a
     text = (await api.http.get("/metrics")).text
     assert _sample(text, "haven_http_requests_total", method="GET", route="unmatched", status="404") == 1
     assert not re.search(r'route="/no/such', text)
+
+
+async def test_every_answer_carries_a_request_id_that_its_log_lines_carry_too(api: Api):
+    first, second = (await api.http.get("/healthz")).headers["x-request-id"], (await api.http.get("/healthz")).headers["x-request-id"]
+    assert first != second and len(first) == 16
+    assert (await api.http.get("/healthz", headers={"X-Request-ID": "proxy-1234abcd"})).headers["x-request-id"] == "proxy-1234abcd"
+    # Not a plain token (it could forge log lines): replaced.
+    assert (await api.http.get("/healthz", headers={"X-Request-ID": "x\" injected"})).headers["x-request-id"] != "x\" injected"
+
+    lines: list[dict] = []
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, lambda _l, _m, event: lines.append(event) or event,
+                                    structlog.processors.JSONRenderer()])  # fmt: skip
+    try:
+        headers = {**api.intermediary(), "Idempotency-Key": "log-1", "X-Request-ID": "trace-me-123"}
+        response = await api.http.post("/v1/grant-requests", json=BODY, headers=headers)
+    finally:
+        structlog.reset_defaults()
+    assert response.status_code == 202
+    [received] = [line for line in lines if line["event"] == "grant_request_received"]
+    assert received["http_request_id"] == "trace-me-123" and received["request_id"] == response.json()["id"]
+
+
+def test_a_line_logged_in_an_activity_names_its_workflow_and_attempt():
+    from temporalio.testing import ActivityEnvironment
+
+    from haven.logging import add_temporal_context
+
+    assert add_temporal_context(None, "info", {"event": "outside"}) == {"event": "outside"}
+    environment = ActivityEnvironment()
+    environment.info = dataclasses.replace(environment.info, workflow_id="gr_0123", activity_type="record_event", attempt=3)
+    event = environment.run(lambda: add_temporal_context(None, "info", {"event": "inside"}))
+    assert event == {"event": "inside", "workflow_id": "gr_0123", "activity": "record_event", "attempt": 3}
