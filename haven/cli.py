@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_commands = audit.add_subparsers(dest="audit_command", required=True)
     audit_commands.add_parser("verify", help="recompute the audit log's hash chain; exit 1 naming the first event "
                               "altered, inserted or removed")
+    temporal = commands.add_parser("temporal", help="the Temporal namespace haven runs in")
+    temporal_commands = temporal.add_subparsers(dest="temporal_command", required=True)
+    temporal_commands.add_parser("setup", help="register haven's search attributes in HAVEN_TEMPORAL_NAMESPACE (safe to repeat)")
     keys = commands.add_parser("keys", help="generate keys for the settings")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     new_key = keys_commands.add_parser("new", help="a new AES-256 key as id:base64key, for HAVEN_PAYLOAD_KEYS or HAVEN_MASTER_KEYS")
@@ -95,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "org": lambda s: _org(s, args),
         "export": lambda s: _export(s, args),
         "audit": lambda s: _audit_verify(s),
+        "temporal": lambda s: _temporal_setup(s),
     }
     from api.jwks import ConfigurationError
     from haven.keys import MissingSecret
@@ -130,6 +134,28 @@ def _token(settings: Settings, args) -> int:
     # Tokens signed with the dev secret are what this command is for, whichever terminal runs it.
     dev = settings.model_copy(update={"dev_mode": True})
     print(TokenVerifier(dev).issue(args.sub, roles, args.org, args.ttl))
+    return 0
+
+
+async def _temporal_setup(settings: Settings) -> int:
+    from temporalio.service import RPCError
+
+    from haven.search_attributes import cloud_command, missing, register
+    from haven.temporal import connect
+
+    try:
+        client = await connect(settings)
+    except RuntimeError:
+        raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
+    namespace = settings.temporal_namespace
+    try:
+        added = await register(client, namespace)
+    except RPCError as error:
+        names = await missing(client, namespace)
+        print(f"haven: could not register the search attributes {names} in {namespace}: {error.message}", file=sys.stderr)
+        print(f"On Temporal Cloud, register them with: {cloud_command(namespace, names)}", file=sys.stderr)
+        return 1
+    print(f"registered in {namespace}: {', '.join(added)}" if added else f"{namespace} already has haven's search attributes")
     return 0
 
 
@@ -234,6 +260,7 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **w
     from haven.keys import case_keys, pseudonym_index_key
     from haven.notifications import NotificationDispatcher
     from haven.schedules import ensure_schedules
+    from haven.search_attributes import missing as missing_search_attributes
     from haven.worker import build_worker
     from policies import load_policy
 
@@ -241,6 +268,9 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **w
         db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings),
         settings.payment_rails, case_keys=case_keys(settings),
     )  # fmt: skip
+    if absent := await missing_search_attributes(client, settings.temporal_namespace):
+        raise Misconfigured(f"the namespace {settings.temporal_namespace} lacks haven's search attributes "
+                            f"{', '.join(absent)}: run `haven temporal setup` first")  # fmt: skip
     worker = build_worker(client, db, settings, **worker_options)
     await ensure_schedules(client, settings)  # the daily reconciliation, when Stripe is configured
     # Delivers the outbox the activities write: e-mail and signed webhooks, until `stop`.

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from haven.search_attributes import dev_server_flags
 from haven.settings import Settings
 
 
@@ -41,6 +42,7 @@ def start_dev_server(settings: Settings, *, codec_endpoint: str | None = None) -
         "--ui-port", str(settings.temporal_ui_port),
         "--ui-disable-news-fetch",
         "--log-level", "warn",
+        *dev_server_flags(),
     ]  # fmt: skip
     if codec_endpoint:
         command += ["--ui-codec-endpoint", codec_endpoint]

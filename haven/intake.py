@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 
+from haven import search_attributes
 from haven.case_keys import SENSITIVE, CaseKeys
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Organisation
@@ -203,6 +204,7 @@ class Intake:
                 task_queue=self.task_queue,
                 id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                search_attributes=search_attributes.at_intake(record.category, record.urgency, Status.RECEIVED),
             )
             return True
         except Exception as error:  # noqa: BLE001 - any failure here is retried by the sweep

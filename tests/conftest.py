@@ -21,6 +21,7 @@ from haven.db.models import BudgetAllocation, Organisation
 from haven.grant_request import Category
 from haven.money import Money
 from haven.policy_versions import record_policy_version
+from haven import search_attributes
 from haven.settings import REPO_ROOT, Settings
 from haven.stripe_local import LocalStripe
 from haven.case_keys import CaseKeys, MasterKeys
@@ -196,14 +197,19 @@ def pytest_runtest_makereport(item, call):
     return report
 
 
+async def start_time_skipping(data_converter=DATA_CONVERTER) -> WorkflowEnvironment:
+    """The time-skipping test server, its namespace set up as `haven temporal setup` sets one up."""
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=venv_binary("temporal-test-server"), data_converter=data_converter)
+    await search_attributes.add(env.client, "default", [key.name for key in search_attributes.ALL])
+    return env
+
+
 @pytest.fixture
 async def time_skipping_env(request) -> AsyncIterator[WorkflowEnvironment]:
     """One server per test (it starts in about 0.1 s): skipped time and leftover workflows of one
     test can never hold up another. With HAVEN_RECORD_HISTORIES=1 the histories of the workflows
     the test kept are written to tests/histories/ (see tests/workflow_histories.py)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
-    )
+    env = await start_time_skipping()
     yield env
     passed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.passed
     await save_kept(env.client, request.node.name, passed)

@@ -14,7 +14,6 @@ from datetime import date, timedelta
 import httpx
 import pytest
 from sqlalchemy import func, select
-from temporalio.testing import WorkflowEnvironment
 
 from api.app import create_app, routes
 from api.permissions import operation_of, permission_table
@@ -27,7 +26,7 @@ from haven.policy_versions import record_policy_version, version_of
 from haven.settings import REPO_ROOT
 from haven.stripe_local import LocalStripe
 from haven.worker import build_worker
-from tests.conftest import DATA_CONVERTER, make_settings, prepare_database, venv_binary
+from tests.conftest import make_settings, prepare_database, start_time_skipping
 from policies import load_policy
 from tests.harness import SAMPLE_REQUEST
 
@@ -153,9 +152,7 @@ async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
         pass
     await record_export(db, export.actor, export.manifest)
     await record_policy_version(db, PROPOSED_POLICY)
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=venv_binary("temporal-test-server"), data_converter=DATA_CONVERTER
-    )
+    env = await start_time_skipping()
     stripe = LocalStripe().start()  # finance's reconciliation needs the Stripe rail
     settings = make_settings(tmp, db.url, stripe_api_key=stripe.api_key, stripe_api_base=stripe.url)
     app = create_app(settings, db=db, client=env.client)

@@ -95,11 +95,13 @@ def test_the_worker_scales():
     assert "container_name" not in worker and "ports" not in worker
 
 
-def test_migrations_run_once_before_the_api_and_the_workers():
+def test_migrations_and_temporal_setup_run_once_before_the_api_and_the_workers():
     assert SERVICES["migrate"]["command"] == ["haven", "migrate"] and SERVICES["migrate"]["restart"] == "no"
+    assert SERVICES["temporal-setup"]["command"] == ["haven", "temporal", "setup"] and SERVICES["temporal-setup"]["restart"] == "no"
+    assert SERVICES["temporal-setup"]["depends_on"]["temporal"] == {"condition": "service_healthy"}
     for name in ("api", "worker"):
         assert SERVICES[name]["depends_on"]["migrate"] == {"condition": "service_completed_successfully"}
-        assert SERVICES[name]["depends_on"]["temporal"] == {"condition": "service_healthy"}
+        assert SERVICES[name]["depends_on"]["temporal-setup"] == {"condition": "service_completed_successfully"}
 
 
 def test_health_checks_and_the_codec_endpoint_call_paths_the_api_serves():
@@ -110,7 +112,7 @@ def test_health_checks_and_the_codec_endpoint_call_paths_the_api_serves():
     # The UI calls <endpoint>/encode and /decode.
     assert {f"{codec.split(':8000', 1)[1]}/encode", f"{codec.split(':8000', 1)[1]}/decode"} <= paths
     for name, service in SERVICES.items():
-        assert "healthcheck" in service or name in ("migrate", "temporal-ui"), f"{name} has no health check"
+        assert "healthcheck" in service or name in ("migrate", "temporal-setup", "temporal-ui"), f"{name} has no health check"
 
 
 def test_the_image_is_slim_and_runs_as_a_user_of_its_own():

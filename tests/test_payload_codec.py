@@ -217,17 +217,15 @@ async def test_a_case_begun_under_the_old_key_goes_on_after_the_rotation(sqlite_
     seals with the new key replays the old history and takes the case on to follow-up."""
     from types import SimpleNamespace
 
-    from temporalio.testing import WorkflowEnvironment
-
     from haven.intake import Intake
     from haven.lifecycle import Status
     from haven.payload_codec import data_converter
     from haven.worker import build_worker
-    from tests.conftest import TEST_CASE_KEYS, make_settings, venv_binary
+    from tests.conftest import TEST_CASE_KEYS, make_settings, start_time_skipping
     from tests.harness import Harness, caseworker
 
     before = data_converter(OLD)
-    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=venv_binary("temporal-test-server"), data_converter=before)
+    env = await start_time_skipping(before)
     try:
         settings = make_settings(tmp_path, sqlite_db.url)
 

@@ -15,6 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutType
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
+    from haven import search_attributes
     from activities.budget import BudgetReservations
     from activities.payments import Disbursements
     from activities.records import CaseRecords
@@ -63,6 +64,7 @@ with workflow.unsafe.imports_passed_through():
     from policies import PolicyVersion
     from policies import rules
 
+SEARCH_ATTRIBUTES_PATCH = "status-search-attribute"
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 LOCAL_ACTIVITY_TIMEOUT = timedelta(seconds=10)
 RAIL_HEARTBEAT_TIMEOUT = timedelta(seconds=5)  # a worker that died mid-payment, noticed this soon
@@ -966,6 +968,9 @@ class GrantRequestWorkflow:
         if to is not None:
             check_transition(status_from, to)
             self._state.status = to
+            # Workflows started before the status was a search attribute replay without it.
+            if to != status_from and workflow.patched(SEARCH_ATTRIBUTES_PATCH):
+                workflow.upsert_search_attributes([search_attributes.STATUS.value_set(str(to))])
         status_after = self._state.status
         self._seq += 1
         now = workflow.now()
