@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal
 
-import pytest
 from sqlalchemy.exc import DBAPIError
 
 from haven import ledger

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 
 from haven.lifecycle import Status
 from tests.harness import FINANCE, Harness, caseworker, director, intermediary
