@@ -5,9 +5,10 @@ request, and the caseworker's queue, each in a phase of its own, on the embedded
 
     .venv/bin/python -m bench.api_latency [--rate 100] [--seconds 20]
 
-Before the phases, `--backlog` requests (default 500) are submitted, so reads and the queue
-work on a database that is not empty; during the submission phase the worker screens and
-assesses every new request on the same two cores. An error is any answer other than the
+Before the phases, `--backlog` requests (default 500) are submitted and the run waits until all
+of them are in the caseworkers' queue, so reads and the queue work on a database that is not
+empty; during the submission phase the worker screens and assesses every new request on the
+same two cores, in the same process. An error is any answer other than the
 operation's success status, or no answer within 10 s.
 """
 
@@ -56,6 +57,21 @@ async def phase(http: httpx.AsyncClient, rate: float, seconds: float, send) -> t
     return latencies, errors, total / (time.perf_counter() - began)
 
 
+async def _until_settled(http: httpx.AsyncClient, backlog: int, timeout: float = 600) -> float:
+    """Waits until every backlog request is screened, assessed and in the queue (read from the
+    API's metrics), so the reads are timed against the API, not against the worker still busy
+    with the backlog in the same process. Seconds waited."""
+    began = time.perf_counter()
+    while time.perf_counter() - began < timeout:
+        metrics = (await http.get("/metrics")).text
+        waiting = next((float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                        if line.startswith('haven_grant_requests{status="awaiting_decision"}')), 0.0)  # fmt: skip
+        if waiting >= backlog:
+            return time.perf_counter() - began
+        await asyncio.sleep(1)
+    raise RuntimeError(f"the backlog was not in the queue after {timeout:.0f} s")
+
+
 async def run(haven: LocalHaven, rate: float, seconds: float, backlog: int) -> dict:
     partner = haven.token("--role", "intermediary", "--sub", "bench", "--org", "ngo-1")
     caseworker = haven.token("--role", "caseworker", "--sub", "bench-cw")
@@ -74,7 +90,8 @@ async def run(haven: LocalHaven, rate: float, seconds: float, backlog: int) -> d
         ids: list[str] = []
         for start in range(0, backlog, 10):
             await asyncio.gather(*(submit(n, "backlog") for n in range(start, min(start + 10, backlog))))
-        await asyncio.sleep(10)  # the backlog screened and assessed before reads are timed
+        settled = await _until_settled(http, len(ids))
+        print(f"backlog of {len(ids)} in the queue after {settled:.0f} s")
 
         async def get(n: int) -> bool:
             response = await http.get(f"/v1/grant-requests/{ids[n % len(ids)]}", headers=caseworker)
