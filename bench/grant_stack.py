@@ -192,8 +192,8 @@ class GrantStack:
 
 @asynccontextmanager
 async def grant_stack(name: str) -> AsyncIterator[GrantStack]:
-    """The stack, torn down afterwards (its database dropped); if the benchmark fails, the workers'
-    log is kept in bench/results/<name>.workers.log."""
+    """The stack, torn down afterwards (its database dropped); the workers' log is kept in
+    bench/results/<name>.workers.log."""
     with tempfile.TemporaryDirectory(prefix=f"haven-{name}-") as var:
         var_dir = Path(var)
         address = f"127.0.0.1:{free_port()}"
@@ -221,13 +221,6 @@ async def grant_stack(name: str) -> AsyncIterator[GrantStack]:
             stack = GrantStack(settings, db, client, server, GrantDriver(intake, client, db), log, processes)
             stack.worker = stack.spawn([HAVEN, "worker"], env=env)
             yield stack
-        except BaseException:
-            if log.exists():
-                RESULTS.mkdir(exist_ok=True)
-                kept = RESULTS / f"{name}.workers.log"
-                shutil.copyfile(log, kept)
-                print(f"the workers' log is kept in {kept}", file=sys.stderr)
-            raise
         finally:
             for process in processes:
                 process.terminate()
@@ -240,6 +233,11 @@ async def grant_stack(name: str) -> AsyncIterator[GrantStack]:
             devserver.stop(server)
             with psycopg.connect(POSTGRES_SERVER, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+            if log.exists():  # what the overload signs were, or why it failed
+                RESULTS.mkdir(exist_ok=True)
+                kept = RESULTS / f"{name}.workers.log"
+                shutil.copyfile(log, kept)
+                print(f"the workers' log is kept in {kept}", file=sys.stderr)
 
 
 async def _seed(db: Database, settings: Settings) -> None:
