@@ -92,9 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     runners = {
         "run": _run_all,
         "api": lambda s: _run_part(s, _serve_api, serves_worker=False),
-        # A worker's activities are retried by Temporal: a pooled connection the database dropped
-        # fails one attempt, and the pool is renewed for the next, without a ping per transaction.
-        "worker": lambda s: _run_part(s, _serve_worker, pre_ping=False),
+        "worker": lambda s: _run_part(s, _serve_worker),
         "org": lambda s: _org(s, args),
         "export": lambda s: _export(s, args),
         "audit": lambda s: _audit_verify(s),
@@ -260,6 +258,8 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **w
     from haven.keys import case_keys, pseudonym_index_key
     from haven.notifications import NotificationDispatcher
     from haven.schedules import ensure_schedules
+    from temporalio.service import RPCError
+
     from haven.search_attributes import missing as missing_search_attributes
     from haven.worker import build_worker
     from policies import load_policy
@@ -268,7 +268,12 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **w
         db, client, settings.task_queue, load_policy(settings.policy_file), pseudonym_index_key(settings),
         settings.payment_rails, case_keys=case_keys(settings),
     )  # fmt: skip
-    if absent := await missing_search_attributes(client, settings.temporal_namespace):
+    try:
+        absent = await missing_search_attributes(client, settings.temporal_namespace)
+    except RPCError as error:  # a namespace whose attributes this client may not list (Temporal Cloud)
+        log.warning("search_attributes_unchecked", namespace=settings.temporal_namespace, error=error.message)
+        absent = []
+    if absent:
         raise Misconfigured(f"the namespace {settings.temporal_namespace} lacks haven's search attributes "
                             f"{', '.join(absent)}: run `haven temporal setup` first")  # fmt: skip
     worker = build_worker(client, db, settings, **worker_options)
@@ -278,7 +283,11 @@ async def _serve_worker(settings: Settings, client, db, stop: asyncio.Event, **w
 
     async def sweep() -> None:
         while not stop.is_set():
-            started = await start_unstarted(intake)
+            try:
+                started = await start_unstarted(intake)
+            except Exception as error:  # noqa: BLE001 - a database outage must not stop the worker
+                log.error("intake_sweep_failed", error=type(error).__name__)
+                started = 0
             if started:
                 log.info("intake_sweep_started_workflows", count=started)
             with contextlib.suppress(asyncio.TimeoutError):
@@ -316,13 +325,34 @@ def _stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def _prepare(settings: Settings, *, pre_ping: bool = True, serves_worker: bool = True):
+DATABASE_WAIT = timedelta(minutes=2)
+
+
+async def _until_database_answers(step) -> None:
+    """Runs `step` (the schema brought up to date), again while the database cannot be reached, for
+    up to DATABASE_WAIT: a process started while PostgreSQL restarts waits for it, not exits."""
+    from sqlalchemy.exc import OperationalError
+
+    loop = asyncio.get_running_loop()
+    deadline, pause = loop.time() + DATABASE_WAIT.total_seconds(), 0.5
+    while True:
+        try:
+            return await step()
+        except OperationalError as error:
+            if loop.time() + pause > deadline:
+                raise Unavailable(f"cannot reach the database (HAVEN_DATABASE_URL): {str(error.orig).splitlines()[0]}") from None
+            log.warning("database_unreachable_waiting", retry_in_seconds=pause)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 10.0)
+
+
+async def _prepare(settings: Settings, *, serves_worker: bool = True):
     from haven.db import Database
     from haven.db.migrate import upgrade_async
     from haven.temporal import connect
 
-    await upgrade_async(settings.async_database_url)
-    db = Database(settings.async_database_url, pre_ping=pre_ping)
+    await _until_database_answers(lambda: upgrade_async(settings.async_database_url))
+    db = Database(settings.async_database_url)
     runtime = None
     if serves_worker and settings.worker_metrics_address:
         from haven.worker_metrics import telemetry_runtime
@@ -336,11 +366,11 @@ async def _prepare(settings: Settings, *, pre_ping: bool = True, serves_worker: 
     return db, client
 
 
-async def _run_part(settings: Settings, serve, *, pre_ping: bool = True, serves_worker: bool = True) -> int:
+async def _run_part(settings: Settings, serve, *, serves_worker: bool = True) -> int:
     """One part (API or worker) on its own, as production runs them."""
     stop = asyncio.Event()
     _stop_on_signals(stop)
-    db, client = await _prepare(settings, pre_ping=pre_ping, serves_worker=serves_worker)
+    db, client = await _prepare(settings, serves_worker=serves_worker)
     await serve(settings, client, db, stop)
     await db.dispose()
     return 0

@@ -37,9 +37,7 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
 
 
 class Database:
-    def __init__(self, url: str, *, echo: bool = False, pre_ping: bool = True):
-        """`pre_ping` tests each pooled connection before use (a query more per transaction), so a
-        connection the server dropped is replaced rather than failing the caller's request."""
+    def __init__(self, url: str, *, echo: bool = False):
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -49,7 +47,10 @@ class Database:
             self.engine: AsyncEngine = create_async_engine(url, echo=echo)
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         else:
-            self.engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=pre_ping)
+            # Each pooled connection is tested before use (a query more per transaction): after the
+            # database was unreachable, a worker without the test kept failing on dead connections
+            # (the fault matrix's database_unreachable row).
+            self.engine = create_async_engine(url, echo=echo, pool_size=10, max_overflow=10, pool_pre_ping=True)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
