@@ -32,6 +32,9 @@ def telemetry_runtime(bind_address: str) -> Runtime:
 
 
 def observe_time_to(name: str, submitted_at: datetime, at: datetime) -> None:
-    """Records a timing from inside an activity (a no-op where no metrics are configured)."""
+    """Records a timing from inside an activity (a no-op where no metrics are configured, or
+    outside an activity: the records are also written directly, by tests and tools)."""
+    if not activity.in_activity():
+        return
     histogram = activity.metric_meter().create_histogram_timedelta(name, DESCRIPTIONS[name], unit="s")
     histogram.record(max(at - submitted_at, timedelta(0)))
