@@ -13,6 +13,7 @@ from haven.audit_chain import append
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
 from haven.lifecycle import Status
+from haven.policy_versions import stored_version
 from haven.worker_metrics import TIME_TO_DECISION, TIME_TO_FIRST_PAYMENT, observe_time_to
 from haven.notifications.outbox import outbox_entry
 from haven.db.models import (
@@ -22,10 +23,8 @@ from haven.db.models import (
     FollowUpReportRecord,
     GrantRequestRecord,
     Payment,
-    PolicyRecord,
 )
 from policies import PolicyVersion
-from policies.model import Policy
 
 
 class CaseRecords:
@@ -35,11 +34,7 @@ class CaseRecords:
 
     @activity.defn
     async def load_pinned_policy(self, policy_hash: str) -> PolicyVersion:
-        async with self.db.sessions() as session:
-            record = await session.get(PolicyRecord, policy_hash)
-        if record is None:
-            raise LookupError(f"no policy version {policy_hash}")
-        return PolicyVersion(hash=record.hash, policy=Policy.model_validate(record.content))
+        return await stored_version(self.db, policy_hash)  # UnknownPolicy is a LookupError
 
     @activity.defn
     async def record_event(self, event: CaseEvent) -> bool:

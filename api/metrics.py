@@ -1,8 +1,8 @@
 """The API's Prometheus metrics and HTTP request ids: its requests (by route template, never by
 path, so no grant request's id becomes a label) and the fund's state read from the database when
-scraped (requests by status, overdue follow-ups). Aggregates only: nothing here names an organisation or a defender. The
-worker's metrics (Temporal's own, time to decision and to payment) are on its own endpoint
-(haven.worker_metrics)."""
+scraped (requests by status, overdue follow-ups). Aggregates only: nothing here names an
+organisation or a defender. The worker's metrics (Temporal's own, time to decision and to
+payment) are on its own endpoint (haven.worker_metrics)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import secrets
 import time
 
 import structlog
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

@@ -139,12 +139,8 @@ async def _temporal_setup(settings: Settings) -> int:
     from temporalio.service import RPCError
 
     from haven.search_attributes import cloud_command, missing, register
-    from haven.temporal import connect
 
-    try:
-        client = await connect(settings)
-    except RuntimeError:
-        raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
+    client = await _connect_temporal(settings)
     namespace = settings.temporal_namespace
     try:
         added = await register(client, namespace)
@@ -349,7 +345,6 @@ async def _until_database_answers(step) -> None:
 async def _prepare(settings: Settings, *, serves_worker: bool = True):
     from haven.db import Database
     from haven.db.migrate import upgrade_async
-    from haven.temporal import connect
 
     await _until_database_answers(lambda: upgrade_async(settings.async_database_url))
     db = Database(settings.async_database_url)
@@ -359,11 +354,20 @@ async def _prepare(settings: Settings, *, serves_worker: bool = True):
 
         runtime = telemetry_runtime(settings.worker_metrics_address)
     try:
-        client = await connect(settings, runtime, service_name="haven-worker" if serves_worker else "haven-api")
-    except RuntimeError:
+        client = await _connect_temporal(settings, runtime, service_name="haven-worker" if serves_worker else "haven-api")
+    except Unavailable:
         await db.dispose()
-        raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
+        raise
     return db, client
+
+
+async def _connect_temporal(settings: Settings, runtime=None, *, service_name: str = "haven"):
+    from haven.temporal import connect
+
+    try:
+        return await connect(settings, runtime, service_name=service_name)
+    except RuntimeError:
+        raise Unavailable(f"cannot reach Temporal at {settings.temporal_address} (HAVEN_TEMPORAL_ADDRESS)") from None
 
 
 async def _run_part(settings: Settings, serve, *, serves_worker: bool = True) -> int:

@@ -19,7 +19,7 @@ from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, PolicyActivation, PolicyRecord
 from haven.grant_request import SYSTEM, Actor, Category, RiskTier
 from haven.money import Money
-from policies import Policy, PolicyVersion, policy_hash
+from policies import Policy, PolicyVersion
 from policies.comparison import Change, DryRun, PastRequest, differences, dry_run
 
 DRY_RUN_DAYS = 90
@@ -124,7 +124,7 @@ async def stored_version(db: Database, hash: str) -> PolicyVersion:
     async with db.sessions() as session:
         record = await session.get(PolicyRecord, hash)
     if record is None:
-        raise UnknownPolicy(hash)
+        raise UnknownPolicy(f"no policy version {hash}")
     return _version(record)
 
 
@@ -152,7 +152,3 @@ class ActivePolicy:
             self._current = await active_version(self.db) or self._current
             self._read_at = time.monotonic()
         return self._current
-
-
-def version_of(policy: Policy) -> PolicyVersion:
-    return PolicyVersion(hash=policy_hash(policy), policy=policy)

@@ -16,9 +16,12 @@ def policy_hash(policy: Policy) -> str:
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def parse_policy(text: str) -> PolicyVersion:
-    policy = Policy.model_validate(yaml.safe_load(text))
+def version_of(policy: Policy) -> PolicyVersion:
     return PolicyVersion(hash=policy_hash(policy), policy=policy)
+
+
+def parse_policy(text: str) -> PolicyVersion:
+    return version_of(Policy.model_validate(yaml.safe_load(text)))
 
 
 def load_policy(path: Path) -> PolicyVersion:

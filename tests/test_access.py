@@ -22,12 +22,12 @@ from haven.db.models import AuditEvent, Organisation, ReconciliationRun, StaffMe
 from haven.exports.spec import ExportFormat, ExportKind, ExportSpec, Period
 from haven.exports.stream import Export, record_export
 from haven.grant_request import Actor, Role
-from haven.policy_versions import record_policy_version, version_of
+from haven.policy_versions import record_policy_version
 from haven.settings import REPO_ROOT
 from haven.stripe_local import LocalStripe
 from haven.worker import build_worker
 from tests.conftest import make_settings, prepare_database, start_time_skipping
-from policies import load_policy
+from policies import load_policy, version_of
 from tests.harness import SAMPLE_REQUEST
 
 I, C, D, F, A = "intermediary", "caseworker", "director", "finance", "admin"

@@ -7,7 +7,8 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from haven.db.models import AuditEvent, GrantRequestRecord, PolicyActivation, PolicyRecord
-from haven.policy_versions import ActivePolicy, activate_if_none, record_policy_version, version_of
+from haven.policy_versions import ActivePolicy, activate_if_none, record_policy_version
+from policies import version_of
 from tests.api_harness import Api, assert_problem
 
 ADMIN = ("admin", "admin-1")

@@ -22,9 +22,8 @@ from haven.policy_versions import (
     record_policy_version,
     review,
     stored_version,
-    version_of,
 )
-from policies import Policy
+from policies import Policy, version_of
 from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
 from api.problems import Problem
