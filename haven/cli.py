@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
+import os
 import signal
 import sys
 from datetime import timedelta
@@ -361,9 +363,14 @@ async def _prepare(settings: Settings, *, serves_worker: bool = True):
     return db, client
 
 
+_temporal_bridge_started = False
+
+
 async def _connect_temporal(settings: Settings, runtime=None, *, service_name: str = "haven"):
     from haven.temporal import connect
 
+    global _temporal_bridge_started
+    _temporal_bridge_started = True
     try:
         return await connect(settings, runtime, service_name=service_name)
     except RuntimeError:
@@ -497,5 +504,20 @@ Ctrl-C stops everything.
     )
 
 
+def entrypoint() -> None:
+    """The `haven` command. Once a Temporal client has existed, the process ends without the
+    interpreter's teardown: the SDK's Rust threads can outlive the event loop and abort a
+    finalising interpreter (temporalio/sdk-python#300), which turned a finished `haven temporal
+    setup` into exit code -6. Exit handlers still run (logs and spans are flushed), and everything
+    haven owns is closed before `main` returns."""
+    code = main()
+    if _temporal_bridge_started:
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()
