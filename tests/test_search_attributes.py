@@ -47,10 +47,11 @@ async def _until_status(handle, status: Status, timeout: float = 15.0) -> dict[s
 async def test_a_request_carries_its_status_category_and_urgency(harness: Harness):
     handle = await harness.submit(amount={"minor_units": 100_000, "currency": "EUR"}, category="legal_fees", urgency="critical")
     await harness.until_recorded(handle.id, Status.AWAITING_DECISION)
-    assert await _until_status(handle, Status.AWAITING_DECISION) == {"HavenStatus": "awaiting_decision", "HavenCategory": "legal_fees", "HavenUrgency": "critical"}
+    intake = {"HavenStatus": "awaiting_decision", "HavenCategory": "legal_fees", "HavenUrgency": "critical"}
+    assert await _until_status(handle, Status.AWAITING_DECISION) == intake
     await harness.approve(handle, caseworker(), 100_000)
     await harness.until_recorded(handle.id, Status.PAYMENT_PENDING)
-    assert (await _until_status(handle, Status.PAYMENT_PENDING))["HavenCategory"] == "legal_fees"
+    assert await _until_status(handle, Status.PAYMENT_PENDING) == {**intake, "HavenStatus": "payment_pending"}
 
 
 @pytest.fixture
