@@ -69,7 +69,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         dependencies=[Depends(refuse_unknown_query_parameters)],
     )
     problems.install(app)
-    app.state.metrics = ApiMetrics()
+    docs = [url for url in (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url, app.openapi_url) if url]
+    app.state.metrics = ApiMetrics(routes=[route.path for route in routes()] + docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: it times the others too

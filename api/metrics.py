@@ -2,12 +2,18 @@
 path, so no grant request's id becomes a label) and the fund's state read from the database when
 scraped (requests by status, overdue follow-ups). Aggregates only: nothing here names an
 organisation or a defender. The worker's metrics (Temporal's own, time to decision and to
-payment) are on its own endpoint (haven.worker_metrics)."""
+payment) are on its own endpoint (haven.worker_metrics).
+
+Every label takes its value from a fixed set, whatever a caller sends: a method the API does not
+know is "other", a path no route matches is "unmatched", a status outside the known ones is its
+class ("4xx"). Otherwise anyone could grow the exposition (and Prometheus) without limit by
+inventing methods or paths."""
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Iterable
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -20,12 +26,17 @@ from haven.lifecycle import Status
 
 # Most answers take milliseconds; a submission waits for Temporal to start its workflow.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+STATUSES = frozenset({200, 201, 202, 204, 304, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 429, 500, 502, 503, 504})
+UNMATCHED = "unmatched"
 
 
 class ApiMetrics:
-    """One registry per app (tests build many apps in one process)."""
+    """One registry per app (tests build many apps in one process). `routes`: the templates of the
+    app's routes, the only route labels besides "unmatched"."""
 
-    def __init__(self) -> None:
+    def __init__(self, routes: Iterable[str] = ()) -> None:
+        self.routes = frozenset(routes)
         self.registry = CollectorRegistry()
         self.requests = Counter("haven_http_requests", "HTTP requests answered", ["method", "route", "status"], registry=self.registry)
         self.latency = Histogram("haven_http_request_duration_seconds", "Time to answer an HTTP request",
@@ -34,7 +45,9 @@ class ApiMetrics:
         self.overdue = Gauge("haven_follow_ups_overdue", "Requests in follow-up whose report is overdue", registry=self.registry)
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
+        method = method if method in METHODS else "other"
+        route = route if route in self.routes else UNMATCHED
+        self.requests.labels(method, route, _status_label(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
     async def exposition(self, db: Database) -> bytes:
@@ -79,8 +92,14 @@ class RequestMetrics:
                 await self.app(scope, receive, send_and_note)
         finally:
             # The router writes the matched route into the scope; unmatched paths share one label.
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path", UNMATCHED)
             self.metrics.observe(scope["method"], route, status, time.perf_counter() - started)
+
+
+def _status_label(status: int) -> str:
+    if status in STATUSES:
+        return str(status)
+    return f"{status // 100}xx" if 100 <= status <= 599 else "other"
 
 
 def _request_id(scope: Scope) -> str:

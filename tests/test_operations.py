@@ -99,3 +99,40 @@ def test_a_line_logged_in_an_activity_names_its_workflow_and_attempt():
     environment.info = dataclasses.replace(environment.info, workflow_id="gr_0123", activity_type="record_event", attempt=3)
     event = environment.run(lambda: add_temporal_context(None, "info", {"event": "inside"}))
     assert event == {"event": "inside", "workflow_id": "gr_0123", "activity": "record_event", "attempt": 3}
+
+
+def _labels(exposition: str, name: str) -> set[str]:
+    """The values of label `name` on the API's request series."""
+    lines = [line for line in exposition.splitlines() if line.startswith("haven_http_")]
+    return {value for line in lines for value in re.findall(rf'{name}="([^"]*)"', line)}
+
+
+async def test_metrics_labels_stay_bounded_whatever_methods_and_paths_a_caller_invents(api: Api):
+    """A client without a token must not grow /metrics: methods it invents, paths it makes up and
+    ids in paths all fold into a fixed set of label values."""
+    from api.app import routes
+
+    known_routes = {route.path for route in routes()} | {"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+
+    async def junk(round: int) -> int:
+        for n in range(round * 1000, round * 1000 + 400):
+            method = [f"FOO{n}", f"get{n}", "get", "PROPFIND", f"X-{n}", "TRACE", "CONNECT", "BREW"][n % 8]
+            path = ["/healthz", f"/v1/grant-requests/gr_{n:020d}", f"/no/such/{n}", f"/v1/codec/{n}", "/metrics"][n % 5]
+            await api.http.request(method, path)
+        for n in range(100):  # known methods on paths nobody routes
+            await api.http.request(["GET", "POST", "DELETE", "PATCH", "PUT"][n % 5], f"/v1/x{round}-{n}/{n}")
+        return 500
+
+    tried = await junk(1)
+    first = (await api.http.get("/metrics")).text
+    tried += await junk(2)  # other invented methods and paths: not one more line
+    after = (await api.http.get("/metrics")).text
+    assert len(after.splitlines()) == len(first.splitlines()), f"{tried} junk requests kept growing /metrics"
+
+    assert _labels(after, "method") <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert _labels(after, "route") <= known_routes | {"unmatched"}
+    assert _labels(after, "status") <= {"200", "201", "202", "204", "400", "401", "403", "404", "405", "409", "413", "415",
+                                        "422", "429", "500", "503", "2xx", "3xx", "4xx", "5xx"}
+    # Per round, 80 calls of /healthz: 10 with "get" (httpx sends GET), 70 with invented methods.
+    assert _sample(after, "haven_http_requests_total", method="other", route="/healthz", status="405") == 2 * 70
+
