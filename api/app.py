@@ -67,6 +67,8 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
         version="0.1.0",
         lifespan=lifespan,
         dependencies=[Depends(refuse_unknown_query_parameters)],
+        # Off outside dev mode unless HAVEN_API_DOCS=true: then these paths answer 404.
+        **({} if settings.serves_api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}),
     )
     problems.install(app)
     docs = [url for url in (app.docs_url, app.swagger_ui_oauth2_redirect_url, app.redoc_url, app.openapi_url) if url]

@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     public_base_url: str = "http://127.0.0.1:8000"
+    # The interactive docs (/docs, /redoc) and the OpenAPI document (/openapi.json), served without a
+    # token. Unset: on in dev mode, off otherwise (they map every operation for whoever asks).
+    api_docs: bool | None = None
 
     policy_file: Path = REPO_ROOT / "policies" / "default.yaml"
     denied_parties_file: Path = REPO_ROOT / "policies" / "denied_parties.yaml"
@@ -137,6 +140,10 @@ class Settings(BaseSettings):
     def temporal_tls_options_set(self) -> bool:
         return bool(self.temporal_api_key or self.temporal_tls_server_ca_file or self.temporal_tls_server_name
                     or self.temporal_tls_client_cert_file)  # fmt: skip
+
+    @property
+    def serves_api_docs(self) -> bool:
+        return self.dev_mode if self.api_docs is None else self.api_docs
 
     @property
     def payment_rails(self) -> frozenset[PaymentRail]:

@@ -136,3 +136,34 @@ async def test_metrics_labels_stay_bounded_whatever_methods_and_paths_a_caller_i
     # Per round, 80 calls of /healthz: 10 with "get" (httpx sends GET), 70 with invented methods.
     assert _sample(after, "haven_http_requests_total", method="other", route="/healthz", status="405") == 2 * 70
 
+
+async def test_api_docs_are_off_outside_dev_mode_unless_switched_on(time_skipping_env, sqlite_db, tmp_path):
+    import httpx
+
+    from api.app import create_app
+    from tests.conftest import make_settings
+
+    async def fetched(**overrides) -> dict[str, int]:
+        settings = make_settings(tmp_path, sqlite_db.url, **overrides)
+        app = create_app(settings, db=sqlite_db, client=time_skipping_env.client)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://haven.test") as http:
+            return {path: (await http.get(path)).status_code for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect")}
+
+    production = {"dev_mode": False, "jwks_file": _jwks(tmp_path)}
+    assert await fetched(**production) == {"/docs": 404, "/redoc": 404, "/openapi.json": 404, "/docs/oauth2-redirect": 404}
+    assert (await fetched(**production, api_docs=True))["/openapi.json"] == 200
+    assert set((await fetched()).values()) == {200}, "on in dev mode"
+    assert set((await fetched(api_docs=False)).values()) == {404}
+
+
+def _jwks(tmp_path):
+    import json
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jose import jwk
+
+    public = ec.generate_private_key(ec.SECP256R1()).public_key()
+    key = {**jwk.construct(public, "ES256").to_dict(), "kid": "ec-1", "use": "sig", "alg": "ES256"}
+    jwks = tmp_path / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [key]}, default=lambda b: b.decode()))
+    return jwks
