@@ -7,11 +7,12 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
-from urllib.parse import urlsplit
 
+import httpx
 from pydantic import ConfigDict, EmailStr, Field, StrictBool, StringConstraints, field_validator
 from sqlalchemy import select
 
+from haven import destinations
 from haven.audit import record_change
 from haven.db import Database, upsert_once_more_on_conflict, utcnow
 from haven.db.models import Organisation
@@ -30,28 +31,28 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def is_internal_address(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False  # a name; it is resolved when the webhook is sent
-    if address.is_loopback:
-        return False
-    return address.is_private or address.is_link_local or address.is_reserved or address.is_multicast
-
-
 def check_webhook_url(url: str) -> str:
     """https only (plain http to this machine is allowed, for development), no credentials, and
-    not an address inside a private network: the worker must not be pointed at internal services."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("https", "http") or not parts.hostname:
+    not an address inside a private network: the worker must not be pointed at internal services
+    (haven.destinations; a name is resolved and checked when saved and when each delivery is sent).
+    Read as the sender reads it (httpx), so both agree on the host."""
+    try:
+        parts = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError):
+        raise ValueError("must be an absolute https URL") from None
+    host = parts.raw_host.decode("ascii")
+    if parts.scheme not in ("https", "http") or not host:
         raise ValueError("must be an absolute https URL")
-    if parts.scheme == "http" and not is_loopback(parts.hostname):
+    if parts.scheme == "http" and not is_loopback(host):
         raise ValueError("must use https (plain http only to this machine)")
-    if is_internal_address(parts.hostname):
-        raise ValueError("must not point at a private, link-local or reserved address")
-    if parts.username or parts.password:
+    if parts.userinfo:
         raise ValueError("must not carry credentials; requests are signed instead")
+    try:
+        address = destinations.host_address(host)
+    except ValueError as error:
+        raise ValueError(f"host {host}: {error}") from None
+    if address is not None and destinations.refusal(address, allow_loopback=True) is not None:
+        raise ValueError(f"must point at a public address, not {destinations.NOT_PUBLIC}")
     return url
 
 

@@ -18,7 +18,7 @@ import pytest
 import structlog
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from haven.db import Database, utcnow
 from haven.db.models import (
@@ -27,6 +27,7 @@ from haven.db.models import (
     Organisation,
     StaffMember,
 )
+from haven.identifiers import canonical
 from haven.intake import Intake
 from haven.lifecycle import Status
 from haven.localstack import free_port
@@ -35,7 +36,7 @@ from haven.notifications.dispatcher import MAX_BACKOFF, backoff
 from haven.notifications.fanout import fan_out
 from haven.notifications.webhooks import sign
 from haven.worker import build_worker
-from tests.conftest import TEST_CASE_KEYS, make_settings
+from tests.conftest import TEST_CASE_KEYS, TEST_ISSUER, make_settings
 from tests.harness import Harness, caseworker
 
 SECRET = "whsec_test_secret"
@@ -63,7 +64,7 @@ class Receiver(ThreadingHTTPServer):
     """An organisation's webhook endpoint on a free loopback port; answers 500 to the first
     `failures` calls, then 204 (or always a redirect to `redirect_to`, when set)."""
 
-    def __init__(self):
+    def __init__(self, address: tuple[str, int] = ("127.0.0.1", 0)):
         self.calls: list[tuple[dict, bytes]] = []
         self.failures = 0
         self.redirect_to: str | None = None
@@ -86,8 +87,8 @@ class Receiver(ThreadingHTTPServer):
             def log_message(self, *args):
                 pass
 
-        super().__init__(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server_address[1]}/haven"
+        super().__init__(address, Handler)
+        self.url = f"http://{address[0]}:{self.server_address[1]}/haven"
 
 
 @pytest.fixture
@@ -119,11 +120,14 @@ class Clock:
 
 
 async def _roster(db: Database, *members: tuple[str, str, list[str], bool]) -> None:
+    """The roster of these tests alone (in place of the shared test roster), so that who is sent
+    what is exactly what they list."""
     now = utcnow()
     async with db.transaction() as session:
+        await session.execute(delete(StaffMember))
         for subject, email, roles, active in members:
-            session.add(StaffMember(subject=subject, name=subject, email=email, roles=roles, active=active,
-                                    created_at=now, updated_at=now))  # fmt: skip
+            session.add(StaffMember(issuer=TEST_ISSUER, subject=subject, subject_key=canonical(subject), name=subject,
+                                    email=email, roles=roles, active=active, created_at=now, updated_at=now))  # fmt: skip
 
 
 async def _org_channels(db: Database, org_id: str, email: str | None, url: str | None, secret: str | None) -> None:
@@ -311,7 +315,7 @@ async def test_who_is_no_longer_a_recipient_is_not_sent_to(db, outbox, inbox, re
     await _notify(db, "payment_made", "org:ngo-1")
     await fan_out(db, clock.now, email=True)
     async with db.transaction() as session:  # before anything was sent: cw-2 leaves, ngo-1 moves its webhook
-        (await session.get(StaffMember, "cw-2")).active = False
+        (await session.get(StaffMember, (TEST_ISSUER, "cw-2"))).active = False
     await _org_channels(db, "ngo-1", "alerts@ngo1.example.org", "https://new.ngo1.example.org/hook", SECRET)
     result = await dispatcher.run_once()
     assert (result.delivered, result.dropped) == (2, 2)
@@ -387,7 +391,7 @@ async def test_a_redirect_is_not_followed(sqlite_db, tmp_path, receiver):
     assert delivery.last_error == "WebhookFailed: the endpoint answered 307"
 
 
-def _self_signed_certificate(tmp_path):
+def _self_signed_certificate(tmp_path, dns_name: str | None = None):
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -400,7 +404,8 @@ def _self_signed_certificate(tmp_path):
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5)).not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                                                   + ([x509.DNSName(dns_name)] if dns_name else [])), critical=False)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )  # fmt: skip
@@ -508,3 +513,113 @@ async def test_webhooks_never_go_to_internal_addresses(url, allow_loopback, reas
     with pytest.raises(WebhookFailed) as refused:
         await WebhookSender(1.0, allow_loopback=allow_loopback).send(url, SECRET, "dlv_1", b"{}")
     assert reason in str(refused.value)  # refused before any connection was tried
+
+
+# --- webhooks go to public addresses only, and to the address that was checked ------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "100.64.0.1",  # shared address space
+        "[2002:a00:1::1]", "[2002:a9fe:a9fe::1]", "[2002:6440:1::1]",  # 6to4 of 10.0.0.1, 169.254.169.254, 100.64.0.1
+        "[2001:0:a00:1::1]",  # Teredo
+        "[64:ff9b::a00:1]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b:1::a00:1]",  # NAT64
+        "[::ffff:10.0.0.1]", "[::ffff:100.64.0.1]", "[::10.0.0.1]", "[::ffff:0:a00:1]",  # mapped, compatible, translated
+        "[fec0::1]", "192.88.99.1", "[fd00::1]", "[fe80::1%25lo]",
+        "167772161", "0xa.0.0.1", "012.0.0.1", "10.1",  # 10.0.0.1 as getaddrinfo reads numbers
+    ],
+)  # fmt: skip
+async def test_webhooks_refuse_every_form_of_a_non_public_address(host):
+    from haven.notifications.webhooks import WebhookFailed, WebhookSender
+
+    with pytest.raises(WebhookFailed) as refused:
+        await WebhookSender(1.0, allow_loopback=True).send(f"https://{host}/hook", SECRET, "dlv_1", b"{}")
+    assert "reaching the endpoint" not in str(refused.value), "refused before any connection was tried"
+
+
+@pytest.fixture
+def resolver(monkeypatch):
+    """Host names under .partner.test resolve to what the test says (a list per lookup, the last
+    one repeated); the lookups are counted."""
+    import socket
+
+    answers: dict[str, list[list[str]]] = {}
+    lookups: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host)  # anyio passes bytes
+        if not name.endswith(".partner.test"):
+            return real(host, port, *args, **kwargs)
+        lookups.append(name)
+        queue = answers[name]
+        found = queue.pop(0) if len(queue) > 1 else queue[0]
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in found]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return answers, lookups
+
+
+async def test_a_name_with_any_non_public_address_is_refused(resolver, receiver):
+    from haven.notifications.webhooks import WebhookFailed, WebhookSender
+
+    answers, _ = resolver
+    port = receiver.server_address[1]
+    for name, found in {"mixed.partner.test": ["127.0.0.1", "100.64.0.7"], "sixtofour.partner.test": ["127.0.0.1", "2002:a00:7::"],
+                        "mapped.partner.test": ["::ffff:10.0.0.7", "127.0.0.1"], "nat64.partner.test": ["127.0.0.1", "64:ff9b::a00:7"]}.items():  # fmt: skip
+        answers[name] = [found]
+        with pytest.raises(WebhookFailed, match="private"):
+            await WebhookSender(1.0, allow_loopback=True).send(f"http://{name}:{port}/haven", SECRET, "dlv_1", b"{}")
+    assert receiver.calls == []
+
+
+async def test_the_delivery_goes_to_the_address_that_was_checked(resolver, receiver):
+    """DNS rebinding: the name answers with an allowed address when checked and with another one a
+    moment later (here another loopback address standing for an internal service). The delivery
+    goes to the address checked; the name is looked up once."""
+    from haven.notifications.webhooks import WebhookSender
+
+    port = receiver.server_address[1]
+    internal = Receiver(("127.0.0.2", port))
+    thread = threading.Thread(target=internal.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        answers, lookups = resolver
+        answers["rebind.partner.test"] = [["127.0.0.1"], ["127.0.0.2"]]
+        await WebhookSender(2.0, allow_loopback=True).send(f"http://rebind.partner.test:{port}/haven", SECRET, "dlv_1", b"{}")
+        assert len(receiver.calls) == 1 and internal.calls == []
+        assert receiver.calls[0][0]["Host"] == f"rebind.partner.test:{port}"
+        assert lookups == ["rebind.partner.test"]
+    finally:
+        internal.shutdown()
+        internal.server_close()
+
+
+async def test_https_to_a_checked_address_still_verifies_the_name_s_certificate(resolver, tmp_path, monkeypatch):
+    """Connecting to the address checked, not to the name, keeps TLS as it was: SNI and the
+    certificate check use the name."""
+    import ssl
+
+    from haven.notifications.webhooks import WebhookFailed, WebhookSender
+
+    cert_file, key_file = _self_signed_certificate(tmp_path, dns_name="hooks.partner.test")
+    server = Receiver()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+        answers, _ = resolver
+        answers["hooks.partner.test"] = answers["other.partner.test"] = [["127.0.0.1"]]
+        port = server.server_address[1]
+        await WebhookSender(2.0, allow_loopback=True).send(f"https://hooks.partner.test:{port}/haven", SECRET, "dlv_1", b"{}")
+        assert len(server.calls) == 1 and server.calls[0][0]["Host"] == f"hooks.partner.test:{port}"
+        with pytest.raises(WebhookFailed, match="ConnectError"):  # the certificate does not name this host
+            await WebhookSender(2.0, allow_loopback=True).send(f"https://other.partner.test:{port}/haven", SECRET, "dlv_2", b"{}")
+        assert len(server.calls) == 1
+    finally:
+        server.shutdown()
+        server.server_close()

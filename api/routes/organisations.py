@@ -6,10 +6,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
+import httpx
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel
 
 from haven.db.models import Organisation
+from haven.destinations import configured_refusal
 from haven.grant_request import Actor
 from haven.organisations import (
     ORGANISATION_ID,
@@ -63,10 +65,23 @@ async def put_organisation(
 ) -> OrganisationSaved:
     """Register or change an organisation; `active: false` suspends it (it can no longer submit).
     The webhook signing secret is returned once, when a webhook is first configured."""
+    await _webhook_resolves_to_public_addresses(body)
     saved = await save_organisation(svc.db, actor, organisation_id, body)
     if saved.created:
         response.status_code = 201
     return OrganisationSaved(**_view(saved.organisation).model_dump(), webhook_secret=saved.new_webhook_secret)
+
+
+async def _webhook_resolves_to_public_addresses(body: OrganisationInput) -> None:
+    """The URL's form was checked with the body; its host name is resolved now, and refused if
+    any address it resolves to is not a public one (each delivery checks again)."""
+    if not body.webhook_url:
+        return
+    url = httpx.URL(body.webhook_url)
+    refusal = await configured_refusal(url.raw_host.decode("ascii"), url.port or (443 if url.scheme == "https" else 80))
+    if refusal:
+        message = f"{refusal}: webhooks go to public addresses only"
+        raise Problem(422, "validation-error", f"webhook_url: {message}", errors=[{"field": "webhook_url", "message": message}])
 
 
 @router.post("/{organisation_id}/webhook-secret", response_model=OrganisationSaved, responses=PROBLEMS)

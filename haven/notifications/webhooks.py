@@ -4,18 +4,13 @@ both who sent it and that it is fresh: `Haven-Signature: t=<unix>,v1=<hex HMAC-S
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
-import ipaddress
-import socket
 import time
-from urllib.parse import urlsplit
 
 import httpx
 
-from haven.organisations import is_internal_address
-
+from haven import destinations
 from haven.notifications.message import DELIVERY_HEADER
 
 SIGNATURE_HEADER = "Haven-Signature"
@@ -48,19 +43,24 @@ class WebhookFailed(Exception):
     """The endpoint did not take the delivery; the message never includes the body or secret."""
 
 
-async def _refuse_internal_destinations(url: str, allow_loopback: bool) -> None:
-    """The URL was checked when it was configured, but a name can later resolve to an internal
-    address: the worker must never be made to call services inside the fund's network (nor, outside
-    dev mode, on its own machine)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
+async def _checked_addresses(url: httpx.URL, allow_loopback: bool) -> list[destinations.IPAddress]:
+    """Every address the URL's host resolves to, each one checked: the URL was checked when it was
+    configured, but a name can later resolve to an internal address, and the worker must never be
+    made to call services inside the fund's network (nor, outside dev mode, on its own machine).
+    One non-public address among public ones refuses them all."""
+    host = url.raw_host.decode("ascii")
     try:
-        addresses = await asyncio.get_running_loop().getaddrinfo(host, parts.port or 443, type=socket.SOCK_STREAM)
-    except OSError:
+        destinations.host_address(host)
+    except ValueError as error:
+        raise WebhookFailed(f"the endpoint's host {error}") from None
+    try:
+        addresses = await destinations.resolve(host, url.port or (443 if url.scheme == "https" else 80))
+    except (OSError, UnicodeError):
         raise WebhookFailed("the endpoint's host name does not resolve") from None
-    for address in {str(a[4][0]) for a in addresses}:
-        if is_internal_address(address) or (not allow_loopback and ipaddress.ip_address(address).is_loopback):
-            raise WebhookFailed("the endpoint resolves to a private, reserved or loopback address")
+    for address in addresses:
+        if destinations.refusal(address, allow_loopback=allow_loopback) is not None:
+            raise WebhookFailed("the endpoint resolves to a private, shared, reserved or loopback address, not a public one")
+    return addresses
 
 
 class WebhookSender:
@@ -75,14 +75,34 @@ class WebhookSender:
             SIGNATURE_HEADER: sign(secret, body, int(time.time())),
             "User-Agent": "haven-webhooks",
         }
-        await _refuse_internal_destinations(url, self.allow_loopback)
-        # Redirects are not followed: a signed delivery goes only where the organisation said.
-        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False) as client:
-            try:
-                # Streamed so that the answer's body, which we do not need, is never read.
-                async with client.stream("POST", url, content=body, headers=headers) as response:
+        try:
+            target = httpx.URL(url)
+        except httpx.InvalidURL:
+            raise WebhookFailed("the endpoint's URL is not valid") from None
+        addresses = await _checked_addresses(target, self.allow_loopback)
+        # The connection goes to an address just checked, never to a second lookup of the name
+        # (which could answer differently: DNS rebinding). The name stays in the Host header, and
+        # TLS is with the name (SNI, and the certificate is checked against it).
+        host = target.raw_host.decode("ascii")
+        headers["Host"] = target.netloc.decode("ascii")
+        tls = {"sni_hostname": host} if target.scheme == "https" and destinations.host_address(host) is None else {}
+        # Redirects are not followed: a signed delivery goes only where the organisation said. A
+        # transport of its own: no proxy from the environment, which would look the name up again.
+        async with httpx.AsyncClient(timeout=self.timeout, follow_redirects=False, transport=httpx.AsyncHTTPTransport()) as client:
+            status, failure = None, None
+            for address in addresses:  # the next address only when this one cannot be reached
+                try:
+                    # Streamed so that the answer's body, which we do not need, is never read.
+                    request = client.build_request("POST", target.copy_with(host=str(address)), content=body, headers=headers, extensions=tls)
+                    response = await client.send(request, stream=True)
                     status = response.status_code
-            except httpx.HTTPError as error:
-                raise WebhookFailed(f"{type(error).__name__} reaching the endpoint") from None
+                    await response.aclose()
+                    break
+                except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                    failure = error
+                except httpx.HTTPError as error:
+                    raise WebhookFailed(f"{type(error).__name__} reaching the endpoint") from None
+            if status is None:
+                raise WebhookFailed(f"{type(failure).__name__} reaching the endpoint")
         if not 200 <= status < 300:
             raise WebhookFailed(f"the endpoint answered {status}")
