@@ -165,7 +165,7 @@ class TokenVerifier:
         organisation = claim_at(claims, path)
         if organisation is not None and not isinstance(organisation, str):
             raise _unauthorized(f"the organisation claim {path!r} must be a string")
-        return Actor(subject=claims["sub"], roles=known, organisation=organisation or None)
+        return Actor(subject=claims["sub"], roles=known, organisation=organisation or None, issuer=claims["iss"])
 
     def issue(self, subject: str, roles: list[Role], organisation: str | None, ttl: timedelta) -> str:
         """Dev tokens for `haven token` and the tests."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Request
 
 from haven.grant_request import Actor, Role
+from haven.roster import NotAdmitted, admit
 from api.auth import current_actor
 from api.problems import Problem
 
@@ -93,12 +94,12 @@ CASE_READERS: frozenset[Role] = frozenset({R.INTERMEDIARY, R.CASEWORKER, R.DIREC
 def require(operation: Operation):
     allowed = PERMISSIONS[operation]
 
-    async def dependency(actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
+    async def dependency(request: Request, actor: Annotated[Actor, Depends(current_actor)]) -> Actor:
+        try:
+            actor = await admit(request.app.state.services.db, actor)
+        except NotAdmitted as refusal:
+            raise Problem(403, "forbidden", str(refusal)) from None
         scoped = ORGANISATION_SCOPED.intersection(actor.roles)
-        if scoped and len(set(actor.roles)) > len(scoped):
-            # Partners and fund staff are different people; one token holding both would escape
-            # organisation scoping through its staff role.
-            raise Problem(403, "forbidden", "a token may not combine the intermediary role with staff roles")
         if scoped and not actor.organisation:
             raise Problem(
                 403,

@@ -42,6 +42,14 @@ class GrantRequestSummary(BaseModel):
     updated_at: datetime
 
 
+class SubmissionAccepted(GrantRequestSummary):
+    earlier_requests_for_defender: int = Field(
+        description="Your organisation's requests of the last 12 months for a defender whose pseudonym is the same "
+        "name as this one, however it was written (case, width, invisible characters, look-alike letters): the fund "
+        "counts them together against the defender's cap and in the risk assessment. Check it is the person you mean."
+    )
+
+
 class DecisionView(BaseModel):
     kind: str
     actor: str

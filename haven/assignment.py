@@ -31,7 +31,7 @@ class AssignmentRefused(Exception):
 
 
 async def assign(db: Database, actor: Actor, request_id: str, assignee: str | None) -> GrantRequestRecord:
-    if assignee is not None and not await assignable(db, assignee):
+    if assignee is not None and not await assignable(db, actor.issuer or "", assignee):
         raise AssignmentRefused(f"{assignee} is not an active caseworker or director on the roster", field="assignee")
     async with db.transaction() as session:
         record = await session.get(GrantRequestRecord, request_id, with_for_update=True)

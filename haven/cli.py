@@ -56,6 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
     org.add_argument("--name", required=True)
     org.add_argument("--trust", choices=["low", "standard", "high"], default="standard")
     org.add_argument("--suspend", action="store_true")
+    staff = commands.add_parser("staff", help="add or change a person on the staff roster (the first administrator, say)")
+    staff.add_argument("subject", help="the person's `sub` at the identity provider (HAVEN_JWT_ISSUER), exactly")
+    staff.add_argument("--name", required=True)
+    staff.add_argument("--email", required=True)
+    staff.add_argument("--role", action="append", required=True, choices=["caseworker", "director", "finance", "admin"],
+                       help="repeat for several roles")
+    staff.add_argument("--inactive", action="store_true", help="take them off the roster: they can no longer act")
     from haven.exports import cli as export_cli  # `haven export ledger|audit …`
 
     export_cli.add_parser(commands)
@@ -96,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "api": lambda s: _run_part(s, _serve_api, serves_worker=False),
         "worker": lambda s: _run_part(s, _serve_worker),
         "org": lambda s: _org(s, args),
+        "staff": lambda s: _staff(s, args),
         "export": lambda s: _export(s, args),
         "audit": lambda s: _audit_verify(s),
         "temporal": lambda s: _temporal_setup(s),
@@ -184,6 +192,35 @@ async def _org(settings: Settings, args) -> int:
     return 0
 
 
+async def _staff(settings: Settings, args) -> int:
+    import getpass
+
+    from pydantic import ValidationError
+
+    from haven.db import Database
+    from haven.grant_request import Actor, Role
+    from haven.roster import RosterRefused, StaffMemberInput, save_staff_member
+
+    try:
+        data = StaffMemberInput(name=args.name, email=args.email, roles=args.role, active=not args.inactive)
+    except ValidationError as error:
+        print(f"haven staff: {error.errors()[0]['loc'][0]}: {error.errors()[0]['msg']}", file=sys.stderr)
+        return 1
+    db = Database(settings.async_database_url)
+    try:
+        member, created = await save_staff_member(
+            db, Actor(subject=f"cli:{getpass.getuser()}", roles=[Role.ADMIN]), settings.jwt_issuer, args.subject, data
+        )
+    except RosterRefused as refusal:
+        print(f"haven staff: {refusal}", file=sys.stderr)
+        return 1
+    finally:
+        await db.dispose()
+    state = "active" if member.active else "inactive"
+    print(f"{'added' if created else 'changed'} {member.subject} ({member.issuer}): {', '.join(member.roles)}, {state}")
+    return 0
+
+
 async def _audit_verify(settings: Settings) -> int:
     from haven.audit_chain import verify_chain
     from haven.db import Database
@@ -202,6 +239,7 @@ DEV_STAFF = [
     ("cw-2", "Caseworker Two", ["caseworker"]),
     ("dir-1", "Director One", ["director"]),
     ("fin-1", "Finance One", ["finance"]),
+    ("adm-1", "Admin One", ["admin"]),
 ]
 
 
@@ -209,6 +247,7 @@ async def _seed_dev_organisations(db, settings: Settings) -> None:
     """Dev mode only: two partner organisations and a small roster, so `make run` can be tried."""
     from haven.db import utcnow
     from haven.db.models import Organisation, StaffMember
+    from haven.identifiers import canonical
 
     async with db.transaction() as session:
         for org_id, name, trust in DEV_ORGANISATIONS:
@@ -218,13 +257,14 @@ async def _seed_dev_organisations(db, settings: Settings) -> None:
                                  notification_email=f"alerts@{org_id}.example.org", created_at=utcnow())  # fmt: skip
                 )
         for subject, name, roles in DEV_STAFF:
-            if await session.get(StaffMember, subject) is None:
+            if await session.get(StaffMember, (settings.jwt_issuer, subject)) is None:
                 now = utcnow()
                 email = f"{subject}@example.org"
                 session.add(
                     StaffMember(
-                        subject=subject, name=name, email=email, roles=roles, active=True, created_at=now, updated_at=now
-                    )
+                        issuer=settings.jwt_issuer, subject=subject, subject_key=canonical(subject), name=name,
+                        email=email, roles=roles, active=True, created_at=now, updated_at=now,
+                    )  # fmt: skip
                 )
     await _seed_dev_budget(db, settings)
 
@@ -491,7 +531,7 @@ haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_
   Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}  (payloads encrypted; decoded for the UI by {settings.public_base_url}/v1/codec)
   Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
   E-mail       {mail}
-               to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance) @example.org
+               to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance), adm-1 (admin) @example.org
   Stripe       {stripe}
 
 Get a token, in another terminal:

@@ -95,11 +95,18 @@ class Strict(BaseModel):
 
 
 class Actor(Strict):
-    """Who did something: the token's subject, roles and organisation, or the system itself."""
+    """Who did something: the token's subject, roles and organisation, or the system itself.
+
+    `person` is who they are, for every rule that compares people (four eyes, conflicts, the
+    director's approval): the identity provider's issuer and the subject's canonical name
+    (haven.identifiers), taken from the roster for staff. Two actors are the same person exactly
+    when their `person` is equal; actors from before it existed (None) compare by subject."""
 
     subject: str
     roles: list[Role] = Field(default_factory=list)
     organisation: str | None = None
+    issuer: str | None = None
+    person: str | None = None
 
     def has(self, role: Role) -> bool:
         return role in self.roles
@@ -185,6 +192,7 @@ class GrantRequestStart(Strict):
     request_id: str
     organisation_id: str
     submitted_by: str
+    submitted_by_person: str | None = None  # Actor.person of the submitter (None: started before it existed)
     category: Category
     urgency: Urgency
     country: CountryCode
@@ -371,6 +379,7 @@ class RiskAssessment(Strict):
 class Approval(Strict):
     subject: str
     roles: list[Role]
+    person: str | None = None  # Actor.person of who approved
     amount: Money
     at: datetime
 

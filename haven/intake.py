@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -23,6 +23,7 @@ from haven.case_keys import SENSITIVE, CaseKeys
 from haven.db import Database, utcnow
 from haven.db.models import GrantRequestRecord, Organisation
 from haven.grant_request import Actor, GrantRequestStart, GrantRequestSubmission, PaymentRail
+from haven.identifiers import canonical
 from haven.lifecycle import Status
 from haven.policy_versions import ActivePolicy
 from policies import PolicyVersion
@@ -56,9 +57,9 @@ def body_hash(submission: GrantRequestSubmission) -> str:
 
 
 def defender_ref(pseudonym: str, key: bytes) -> str:
-    """A keyed hash: equal for the same pseudonym, useless to anyone without the key."""
-    normalised = " ".join(pseudonym.casefold().split())
-    return hmac.new(key, normalised.encode(), hashlib.sha256).hexdigest()
+    """A keyed hash (blind index): equal for the same pseudonym however it is written
+    (haven.identifiers), useless to anyone without the key."""
+    return hmac.new(key, canonical(pseudonym).encode(), hashlib.sha256).hexdigest()
 
 
 class Intake:
@@ -117,6 +118,7 @@ class Intake:
             id=new_request_id(),
             organisation_id=organisation_id,
             submitted_by=actor.subject,
+            submitted_by_person=actor.person,
             idempotency_key=idempotency_key,
             body_hash=digest,
             category=submission.category,
@@ -159,6 +161,24 @@ class Intake:
         await self.start_workflow(record)
         return Accepted(record, created=True)
 
+    async def earlier_for_defender(self, record: GrantRequestRecord) -> int:
+        """Earlier requests of the same organisation, in the 12 months before this one, whose
+        defender pseudonym is the same name however it was written (the fund counts them together
+        against the defender's cap). Only the organisation's own: whether another partner supports
+        the same defender is not theirs to learn."""
+        async with self.db.sessions() as session:
+            return int(
+                await session.scalar(
+                    select(func.count()).where(
+                        GrantRequestRecord.defender_ref == record.defender_ref,
+                        GrantRequestRecord.organisation_id == record.organisation_id,
+                        GrantRequestRecord.id != record.id,
+                        GrantRequestRecord.created_at >= record.created_at - timedelta(days=365),
+                    )
+                )
+                or 0
+            )
+
     async def _find(self, organisation_id: str, idempotency_key: str) -> GrantRequestRecord | None:
         async with self.db.sessions() as session:
             return await session.scalar(
@@ -186,6 +206,7 @@ class Intake:
             request_id=record.id,
             organisation_id=record.organisation_id,
             submitted_by=record.submitted_by,
+            submitted_by_person=record.submitted_by_person,
             category=record.category,
             urgency=record.urgency,
             country=record.country,

@@ -17,6 +17,7 @@ from haven.audit import record_change
 from haven.db import Database, upsert_once_more_on_conflict, utcnow
 from haven.db.models import Organisation
 from haven.grant_request import Actor, ShortText, Strict, TrustLevel
+from haven.roster import registered_organisation
 
 ORGANISATION_ID = r"^[a-z0-9][a-z0-9-]{1,62}$"
 LOOPBACK_HOSTS = {"localhost"}
@@ -87,6 +88,11 @@ class UnknownOrganisation(LookupError):
     pass
 
 
+class OrganisationRefused(ValueError):
+    """An id that is the same name as a registered organisation's (haven.identifiers): tokens
+    naming either would be taken for the other."""
+
+
 class NoWebhook(ValueError):
     pass
 
@@ -118,6 +124,9 @@ async def _save_organisation(db: Database, actor: Actor, organisation_id: str, d
         organisation = await session.get(Organisation, organisation_id, with_for_update=True)
         created = organisation is None
         if organisation is None:
+            namesake = await registered_organisation(session, organisation_id)
+            if namesake != organisation_id:
+                raise OrganisationRefused(f"{organisation_id!r} is the same name as the registered organisation {namesake!r}")
             organisation = Organisation(id=organisation_id, created_at=now)
             session.add(organisation)
         before = {

@@ -17,7 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 from haven.db import Database, utcnow
 from haven.db.migrate import upgrade, upgrade_async
 from haven import ledger
-from haven.db.models import BudgetAllocation, Organisation
+from haven.db.models import BudgetAllocation, Organisation, StaffMember
+from haven.identifiers import canonical
 from haven.grant_request import Category
 from haven.money import Money
 from haven.policy_versions import record_policy_version
@@ -85,6 +86,14 @@ async def prepare_database(url: str, policy, *, migrated: bool = False) -> Datab
         for org_id, trust in (("ngo-1", "standard"), ("ngo-2", "high"), ("ngo-low", "low")):
             if await session.get(Organisation, org_id) is None:
                 session.add(Organisation(id=org_id, name=org_id, trust_level=trust, active=True, created_at=utcnow()))
+        for subject, roles in TEST_STAFF.items():
+            if await session.get(StaffMember, (TEST_ISSUER, subject)) is None:
+                session.add(
+                    StaffMember(
+                        issuer=TEST_ISSUER, subject=subject, subject_key=canonical(subject), name=subject,
+                        email=f"{subject}@fund.example.org", roles=roles, active=True, created_at=utcnow(), updated_at=utcnow(),
+                    )  # fmt: skip
+                )
         if await session.get(Organisation, "ngo-suspended") is None:
             session.add(
                 Organisation(id="ngo-suspended", name="suspended", trust_level="standard", active=False, created_at=utcnow())
@@ -101,6 +110,16 @@ async def prepare_database(url: str, policy, *, migrated: bool = False) -> Datab
 
 
 GENEROUS_PERIOD = (date(2000, 1, 1), date(2999, 12, 31))
+
+# The staff roster the tests act as (every staff action needs an active rostered person); tokens
+# are issued by the dev-mode settings' issuer.
+TEST_ISSUER = Settings.model_fields["jwt_issuer"].default
+TEST_STAFF = {
+    **{f"cw-{n}": ["caseworker"] for n in range(1, 10)},
+    "dir-1": ["director"], "dir-2": ["director"],
+    "fin-1": ["finance"], "fin-7": ["finance"],
+    "adm-1": ["admin"], "admin-1": ["admin"],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from haven.policy_versions import record_policy_version
 from haven.settings import REPO_ROOT
 from haven.stripe_local import LocalStripe
 from haven.worker import build_worker
-from tests.conftest import make_settings, prepare_database, start_time_skipping
+from tests.conftest import TEST_ISSUER, make_settings, prepare_database, start_time_skipping
 from policies import load_policy, version_of
 from tests.harness import SAMPLE_REQUEST
 
@@ -123,6 +123,15 @@ class Access:
         token = self.app.state.services.verifier.issue(subject, [Role(role)], organisation, timedelta(minutes=5))
         return {"Authorization": f"Bearer {token}", "Idempotency-Key": f"access-{next(self.serial)}"}
 
+    async def enrol(self, subject: str, role: str) -> None:
+        """Staff act only as active rostered people: each test's staff subject is put on the roster."""
+        if role == I:
+            return
+        async with self.db.transaction() as session:
+            now = utcnow()
+            session.add(StaffMember(issuer=TEST_ISSUER, subject=subject, subject_key=subject, name=subject,
+                                    email=f"{subject}@example.org", roles=[role], active=True, created_at=now, updated_at=now))  # fmt: skip
+
     async def new_request(self, organisation: str) -> str:
         headers = self.headers(I, f"submitter-{organisation}", organisation)
         response = await self.http.post("/v1/grant-requests", json=SAMPLE_REQUEST, headers=headers)
@@ -140,7 +149,7 @@ async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
     db = await prepare_database(f"sqlite+aiosqlite:///{tmp / 'haven.db'}", default_policy)
     async with db.transaction() as session:
         now = utcnow()
-        session.add(StaffMember(subject="cw-roster", name="Roster Caseworker", email="cw@example.org",
+        session.add(StaffMember(issuer=TEST_ISSUER, subject="cw-roster", subject_key="cw-roster", name="Roster Caseworker", email="cw@example.org",
                                 roles=["caseworker"], active=True, created_at=now, updated_at=now))  # fmt: skip
         session.add(Organisation(id="ngo-hook", name="hook", trust_level="standard", active=True,
                                  webhook_url="https://hooks.example.org/haven", webhook_secret="s", created_at=now))  # fmt: skip
@@ -169,6 +178,7 @@ async def access(tmp_path_factory, default_policy) -> AsyncIterator[Access]:
 async def test_role_endpoint_organisation(access: Access, endpoint: Endpoint, role: str, whose: str):
     n = next(access.serial)
     subject = f"{role}-{n}"
+    await access.enrol(subject, role)
     path = endpoint.path.replace("{org}", "ngo-hook" if "webhook" in endpoint.path else f"org-{n}")
     path = _placed(path.replace("{sub}", f"staff-{n}"))
     if endpoint.about_a_request:

@@ -17,6 +17,7 @@ from haven.organisations import (
     ORGANISATION_ID,
     NoWebhook,
     OrganisationInput,
+    OrganisationRefused,
     UnknownOrganisation,
     list_organisations,
     rotate_webhook_secret,
@@ -66,7 +67,10 @@ async def put_organisation(
     """Register or change an organisation; `active: false` suspends it (it can no longer submit).
     The webhook signing secret is returned once, when a webhook is first configured."""
     await _webhook_resolves_to_public_addresses(body)
-    saved = await save_organisation(svc.db, actor, organisation_id, body)
+    try:
+        saved = await save_organisation(svc.db, actor, organisation_id, body)
+    except OrganisationRefused as refusal:
+        raise Problem(409, "organisation-refused", str(refusal)) from None
     if saved.created:
         response.status_code = 201
     return OrganisationSaved(**_view(saved.organisation).model_dump(), webhook_secret=saved.new_webhook_secret)

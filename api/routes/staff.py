@@ -10,15 +10,17 @@ from pydantic import BaseModel
 
 from haven.db.models import StaffMember
 from haven.grant_request import Actor
-from haven.roster import SUBJECT, StaffMemberInput, list_staff, save_staff_member
+from haven.roster import SUBJECT, RosterRefused, StaffMemberInput, list_staff, save_staff_member
 from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
+from api.problems import Problem
 from api.services import Svc
 
 router = APIRouter(prefix="/v1/staff", tags=["administration"])
 
 
 class StaffMemberView(BaseModel):
+    issuer: str
     subject: str
     name: str
     email: str
@@ -45,8 +47,14 @@ async def put_staff_member(
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.MANAGE_STAFF))],
 ) -> StaffMemberView:
-    """Add someone to the roster or change them; `active: false` takes them off it."""
-    member, created = await save_staff_member(svc.db, actor, subject, body)
+    """Add someone to the roster or change them; `active: false` takes them off it. The subject is
+    the person's `sub` at the configured identity provider (HAVEN_JWT_ISSUER), matched exactly;
+    409 when it is the same name as someone already on the roster (differing only in case, width,
+    invisible characters or look-alike letters)."""
+    try:
+        member, created = await save_staff_member(svc.db, actor, svc.settings.jwt_issuer, subject, body)
+    except RosterRefused as refusal:
+        raise Problem(409, "roster-refused", str(refusal)) from None
     if created:
         response.status_code = 201
     return _view(member)

@@ -73,12 +73,17 @@ class Organisation(Base):
 
 
 class StaffMember(Base):
-    """The fund's roster: caseworkers, directors and finance staff who can be assigned requests
-    and are notified by e-mail. Keyed by the identity provider's subject (`sub`)."""
+    """The fund's roster: who the fund's staff are, what they may do, whether they are active, where
+    they are notified. A person is the identity provider's issuer (`iss`) and stable subject
+    (`sub`); no two people of one issuer have subjects that are the same name (`subject_key`,
+    haven.identifiers)."""
 
     __tablename__ = "staff_members"
+    __table_args__ = (UniqueConstraint("issuer", "subject_key", name="uq_staff_members_person"),)
 
+    issuer: Mapped[str] = mapped_column(String(300), primary_key=True)
     subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    subject_key: Mapped[str] = mapped_column(String(200))
     name: Mapped[str] = mapped_column(String(200))
     email: Mapped[str] = mapped_column(String(320))
     roles: Mapped[list[Any]]
@@ -122,6 +127,8 @@ class GrantRequestRecord(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.id"), index=True)
     submitted_by: Mapped[str] = mapped_column(String(200))
+    # Who the submitter is (Actor.person): conflicts of interest compare it with the decider's.
+    submitted_by_person: Mapped[str | None] = mapped_column(String(600))
     idempotency_key: Mapped[str] = mapped_column(String(200))
     body_hash: Mapped[str] = mapped_column(String(80))
 
