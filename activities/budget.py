@@ -8,10 +8,11 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from haven import ledger
-from haven.case_events import NO_FUNDS, ReservationRelease, ReservationRequest
+from haven import caps, ledger
+from haven.case_events import NO_FUNDS, OVER_CAP, ReservationRelease, ReservationRequest
 from haven.db import Database, utcnow
-from haven.db.models import BudgetReservation
+from haven.db.models import BudgetReservation, GrantRequestRecord
+from policies import rules
 from haven.grant_request import SYSTEM
 
 
@@ -27,6 +28,32 @@ def _movement(kind: str, order: ReservationRequest | ReservationRelease, amount_
         actor=SYSTEM.subject,
         at=order.at,
     )
+
+
+class OverCap(Exception):
+    def __init__(self, message: str, room: int):
+        super().__init__(message)
+        self.room = room
+
+
+async def _check_caps(session, request: ReservationRequest) -> None:
+    """The grant's and the defender's caps, checked in the reservation's transaction: the
+    allocation's lock first (as `ledger.reserve` takes it), then the defender's."""
+    assert request.caps is not None
+    await ledger.allocation_covering(session, request.category, request.at.date())
+    record = await session.get(GrantRequestRecord, request.request_id)
+    if record is None:
+        raise LookupError(f"no grant request {request.request_id}")
+    await caps.lock_defender(session, record)
+    to_request, to_defender = await caps.committed(session, record, request.at)
+    room = rules.room_under_caps(request.caps.grant, request.caps.defender_12_months, to_request, to_defender)
+    if request.amount_base_minor > room:
+        raise OverCap(
+            f"{request.amount_base_minor} base minor units do not fit under the caps: {room} still fit "
+            f"(the grant's cap {request.caps.grant}, of which {to_request} is committed; the defender's 12-month cap "
+            f"{request.caps.defender_12_months}, of which {to_defender} is committed across their requests)",
+            room,
+        )
 
 
 class BudgetReservations:
@@ -47,6 +74,8 @@ class BudgetReservations:
                 )
                 if exists is not None:
                     return
+                if request.caps is not None:
+                    await _check_caps(session, request)
                 allocation = await ledger.reserve(session, request.category, request.at.date(), movement)
                 session.add(
                     BudgetReservation(
@@ -62,6 +91,8 @@ class BudgetReservations:
                 )
         except ledger.NoFunds as refusal:
             raise ApplicationError(str(refusal), type=NO_FUNDS, non_retryable=True) from None
+        except OverCap as refusal:
+            raise ApplicationError(str(refusal), refusal.room, type=OVER_CAP, non_retryable=True) from None
         except IntegrityError:
             pass  # the same reservation, written by a concurrent attempt of this activity
 

@@ -103,6 +103,16 @@ class ReservationRequest(Strict):
     amount: Money
     rate_to_base: Decimal
     at: datetime
+    # The pinned policy's caps, held where the money is reserved (None: a workflow from before).
+    caps: "MoneyCaps | None" = None
+
+
+class MoneyCaps(Strict):
+    """In base minor units: the most one grant may be, and the most one defender may receive in
+    twelve months (what is reserved and paid, less what came back)."""
+
+    grant: int
+    defender_12_months: int
 
 
 class ReservationRelease(Strict):
@@ -117,6 +127,9 @@ class ReservationRelease(Strict):
 
 # The error type `reserve_budget` raises (non-retryable) when the reservation does not fit.
 NO_FUNDS = "NoFunds"
+# ... and when it does not fit under the grant's or the defender's cap; its first detail is how
+# much (base minor units) still fits.
+OVER_CAP = "OverCap"
 
 
 class PaymentInstruction(Strict):

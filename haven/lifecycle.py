@@ -54,11 +54,12 @@ TRANSITIONS: dict[Status, frozenset[Status]] = {
     ),
     S.INFORMATION_REQUESTED: frozenset({S.AWAITING_DECISION, S.REJECTED, S.WITHDRAWN, S.EXPIRED}),
     # A rail may pay at once (a Stripe transfer) or refuse outright, without ever being pending.
-    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.AWAITING_FUNDS}),
+    # Back to a decision when the money no longer fits under the grant's or the defender's cap.
+    S.APPROVED: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.AWAITING_FUNDS, S.AWAITING_DECISION}),
     # The category's budget cannot take the reservation: it waits for funds or a caseworker.
-    S.AWAITING_FUNDS: frozenset({S.APPROVED, S.REJECTED, S.WITHDRAWN}),
+    S.AWAITING_FUNDS: frozenset({S.APPROVED, S.REJECTED, S.WITHDRAWN, S.AWAITING_DECISION}),
     S.PAYMENT_PENDING: frozenset({S.PAID, S.PAYMENT_FAILED, S.WITHDRAWN}),
-    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.PAID, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP, S.AWAITING_FUNDS}),
+    S.PAYMENT_FAILED: frozenset({S.PAYMENT_PENDING, S.PAID, S.WITHDRAWN, S.EXPIRED, S.FOLLOW_UP, S.AWAITING_FUNDS, S.AWAITING_DECISION}),
     S.PAID: frozenset({S.FOLLOW_UP}),
     S.FOLLOW_UP: frozenset({S.PAYMENT_PENDING, S.PAID, S.PAYMENT_FAILED, S.CLOSED}),
     S.CLOSED: frozenset(),

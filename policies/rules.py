@@ -55,6 +55,13 @@ def approvable_cap_base(policy: Policy, category: Category, prior_granted_base_1
     return min(policy.categories[category].max_grant, left_for_defender)
 
 
+def room_under_caps(grant_cap: int, defender_cap: int, committed_to_request: int, committed_to_defender: int) -> int:
+    """How much more (base minor units) may be committed to a request now: what is left of the
+    grant's cap and of the defender's 12-month cap, counting what is reserved and paid less what
+    came back. Decided where the money is reserved, under the defender's lock."""
+    return max(0, min(grant_cap - committed_to_request, defender_cap - committed_to_defender))
+
+
 @dataclass(frozen=True)
 class ApprovalRequirement:
     caseworker_approvals: int

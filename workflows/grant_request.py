@@ -5,7 +5,7 @@ pinned at intake."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from temporalio import workflow
@@ -23,7 +23,9 @@ with workflow.unsafe.imports_passed_through():
     from activities.screening import PayeeScreening
     from haven.case_events import (
         NO_FUNDS,
+        OVER_CAP,
         PAYMENT_REFUSED,
+        MoneyCaps,
         DisbursementStarted,
         CaseEvent,
         DecisionEntry,
@@ -87,6 +89,14 @@ def _no_funds(error: ActivityError | ApplicationError) -> str | None:
     return None
 
 
+def _over_cap(error: ActivityError | ApplicationError) -> tuple[str, int] | None:
+    """Why a reservation does not fit under the caps, and how much still fits; None otherwise."""
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.type == OVER_CAP:
+        return cause.message, int(cause.details[0])
+    return None
+
+
 def _unanswered(error: ActivityError, minutes: int) -> str | None:
     """The reason when the rail went unanswered past the policy's patience; None otherwise."""
     timed_out = isinstance(error.cause, ActivityTimeout) and error.cause.type == TimeoutType.SCHEDULE_TO_CLOSE
@@ -99,6 +109,14 @@ def _unanswered(error: ActivityError, minutes: int) -> str | None:
     return None
 
 
+def _same_person(person: str | None, subject: str, other_person: str | None, other_subject: str) -> bool:
+    """People are compared by who they are (Actor.person), which the API takes from the roster;
+    by subject only where one side was recorded before `person` existed."""
+    if person is not None and other_person is not None:
+        return person == other_person
+    return subject == other_subject
+
+
 def _notify(kind: str, *audiences: str) -> list[NotificationRequest]:
     return [NotificationRequest(kind=kind, audience=a) for a in audiences]
 
@@ -108,6 +126,17 @@ class Refused(ApplicationError):
 
     def __init__(self, message: str):
         super().__init__(message, type="ActionRefused", non_retryable=True)
+
+
+FIELD_REFUSED = "FieldRefused"
+
+
+class FieldRefused(ApplicationError):
+    """A value the action cannot take (its first detail names the field). The API answers it with
+    422 and a field error."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message, field, type=FIELD_REFUSED, non_retryable=True)
 
 
 @workflow.defn
@@ -138,6 +167,9 @@ class GrantRequestWorkflow:
         self._awaiting_report = False
         self._information_asked_at: datetime | None = None
         self._last_paid_at: datetime | None = None
+        # What still fits under the caps when a reservation was refused for them (base minor units):
+        # no approval may then be for more.
+        self._cap_room_base: int | None = None
 
     # --- the lifecycle ------------------------------------------------------------------------
 
@@ -145,9 +177,13 @@ class GrantRequestWorkflow:
     async def run(self, start: GrantRequestStart) -> GrantRequestState:
         self._pinned = await self._activity(CaseRecords.load_pinned_policy, start.policy_hash)
         if await self._screening() and await self._risk_assessment():
-            await self._decision()
-            if self._state.status == Status.APPROVED:
+            while True:
+                await self._decision()
+                if self._state.status != Status.APPROVED:
+                    break
                 await self._payment_and_follow_up()
+                if self._state.status != Status.AWAITING_DECISION:
+                    break  # else the caps refused the money: decided again, for what still fits
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._state
 
@@ -255,7 +291,7 @@ class GrantRequestWorkflow:
                     break
             if not await self._pay(tranche):
                 break
-        if self._state.status in (Status.WITHDRAWN, Status.EXPIRED, Status.REJECTED):
+        if self._state.status in (Status.WITHDRAWN, Status.EXPIRED, Status.REJECTED, Status.AWAITING_DECISION):
             return
         await self._finish_tranches()
         assert self._last_paid_at is not None
@@ -475,7 +511,7 @@ class GrantRequestWorkflow:
             return self._result(status, "information requested from the intermediary")
         assert command.amount is not None
         self._state.approvals.append(
-            Approval(subject=actor.subject, roles=actor.roles, amount=command.amount, at=workflow.now())
+            Approval(subject=actor.subject, roles=actor.roles, person=actor.person, amount=command.amount, at=workflow.now())
         )
         granted = min((a.amount for a in self._state.approvals), key=lambda m: m.minor_units)
         self._state.granted = granted
@@ -520,7 +556,7 @@ class GrantRequestWorkflow:
             raise Refused("only caseworkers and directors decide on requests")
         if actor.organisation is not None and actor.organisation == self._start.organisation_id:
             raise Refused("nobody decides on a request from their own organisation")
-        if actor.subject == self._start.submitted_by:
+        if _same_person(actor.person, actor.subject, self._start.submitted_by_person, self._start.submitted_by):
             raise Refused("nobody decides on a request they submitted")
         if command.kind == "reject" and any(t.status == "paid" for t in self._state.tranches):
             raise Refused("money has already been paid; a later tranche is stopped by checking in as not needed")
@@ -530,7 +566,7 @@ class GrantRequestWorkflow:
             return
         if command.amount is None:
             raise Refused("an approval needs an amount")
-        if any(a.subject == actor.subject for a in self._state.approvals):
+        if any(_same_person(a.person, a.subject, actor.person, actor.subject) for a in self._state.approvals):
             raise Refused(f"{actor.subject} has already approved this request; four eyes need another person")
         if command.amount.currency != self._start.amount.currency:
             raise Refused(f"the approval must be in the request's currency, {self._start.amount.currency}")
@@ -539,6 +575,8 @@ class GrantRequestWorkflow:
         cap = rules.approvable_cap_base(
             self._policy, self._start.category, self._state.risk.prior_granted_base_12_months if self._state.risk else 0
         )
+        if self._cap_room_base is not None:
+            cap = min(cap, self._cap_room_base)
         amount_base = rules.to_base(self._policy, command.amount)
         if amount_base > cap:
             raise Refused(
@@ -616,6 +654,19 @@ class GrantRequestWorkflow:
     @record_payment.validator
     def _validate_record_payment(self, payment: ManualPaymentRecord) -> None:
         self._check_record_payment(payment)
+        self._check_paid_on(payment.paid_on)
+
+    def _check_paid_on(self, paid_on: date) -> None:
+        """A bank transfer is dated between the request's approval and today (UTC days). Checked by
+        the validator only: validators do not run on replay, so histories recorded before this
+        check replay as they ran, and the date cannot change between validation and the handler."""
+        today = workflow.now().astimezone(timezone.utc).date()
+        if paid_on > today:
+            raise FieldRefused("paid_on", f"must not be in the future (today is {today.isoformat()}, UTC)")
+        approved_on = max((a.at for a in self._state.approvals), default=None)
+        if approved_on is not None and paid_on < approved_on.astimezone(timezone.utc).date():
+            day = approved_on.astimezone(timezone.utc).date().isoformat()
+            raise FieldRefused("paid_on", f"must not be before the request was approved ({day}, UTC)")
 
     def _check_record_payment(self, payment: ManualPaymentRecord) -> Tranche:
         self._check_allowed(Action.RECORD_PAYMENT)
@@ -874,10 +925,18 @@ class GrantRequestWorkflow:
                         amount=self._unpaid_amount(),
                         rate_to_base=self._rate_to_base(),
                         at=workflow.now(),
+                        caps=MoneyCaps(
+                            grant=self._policy.categories[self._start.category].max_grant,
+                            defender_12_months=self._policy.per_defender_cap_12_months,
+                        ),
                     ),
                 )
                 break
             except (ActivityError, ApplicationError) as error:
+                over = _over_cap(error)
+                if over is not None:
+                    await self._over_caps(*over)
+                    return False
                 reason = _no_funds(error)
                 if reason is None:
                     raise
@@ -891,6 +950,31 @@ class GrantRequestWorkflow:
             facts={"reservation": number, "amount_base_minor": amount_base},
         )
         return True
+
+    async def _over_caps(self, reason: str, room_base: int) -> None:
+        """The money does not fit under the grant's or the defender's cap any more (other money
+        was committed to the same defender since the assessment). Nothing paid yet: the request
+        goes back to the caseworkers, who may approve what still fits, or reject. Something paid
+        (a later housing tranche): the rest is not paid, and the follow-up covers what was."""
+        self._cap_room_base = room_base
+        facts = {"room_base_minor": room_base, "reason": reason}
+        if any(t.status == "paid" for t in self._state.tranches):
+            for tranche in self._state.tranches:
+                if tranche.status != "paid":
+                    tranche.status = "failed"
+            await self._record("caps_exceeded", facts=facts, notify=_notify("caps_exceeded", "caseworker", "finance"))
+            return
+        self._state.approvals = []
+        self._state.granted = None
+        self._state.tranches = []
+        self._refresh_requirement(self._start.amount)
+        await self._record(
+            "caps_exceeded",
+            to=Status.AWAITING_DECISION,
+            facts=facts,
+            projection=RequestProjection(granted_minor=None, granted_base_minor=None, **self._open_decision_window().model_dump(exclude_unset=True)),
+            notify=_notify("caps_exceeded", "caseworker"),
+        )
 
     async def _await_funds(self, reason: str, amount_base: int) -> bool:
         """True when funds may have come (try again); False when the request ended meanwhile."""

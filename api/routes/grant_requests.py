@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Header, Path, Query, Response
 from pydantic import BaseModel, ValidationError
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from haven.assignment import AssignmentInput, AssignmentRefused, assign
@@ -50,8 +51,8 @@ from api.limits import RateLimit
 from api.permissions import Operation, may_read_case, require, scoped_to_organisation
 from api.problems import PROBLEM_RESPONSES, Problem
 from api.services import Services, Svc
-from api.views import GrantRequestSummary, GrantRequestView, full_view, summary
-from workflows.grant_request import GrantRequestWorkflow
+from api.views import GrantRequestSummary, GrantRequestView, SubmissionAccepted, full_view, summary
+from workflows.grant_request import FIELD_REFUSED, GrantRequestWorkflow
 
 router = APIRouter(prefix="/v1/grant-requests", tags=["grant requests"])
 
@@ -59,14 +60,14 @@ PROBLEMS = PROBLEM_RESPONSES
 RequestId = Annotated[str, Path(max_length=40, description="the grant request's id, e.g. gr_3f9a…")]
 
 
-@router.post("", status_code=202, response_model=GrantRequestSummary, responses=PROBLEMS)
+@router.post("", status_code=202, response_model=SubmissionAccepted, responses=PROBLEMS)
 async def submit_grant_request(
     body: GrantRequestSubmission,
     response: Response,
     svc: Svc,
     idempotency_key: Annotated[str, Header(alias="Idempotency-Key", min_length=1, max_length=200)],
     actor: Annotated[Actor, Depends(require(Operation.SUBMIT))],
-) -> GrantRequestSummary:
+) -> SubmissionAccepted:
     """An intermediary submits an urgent request. The same Idempotency-Key with the same body
     returns the same request; with another body it is refused. Each organisation may submit
     a limited number of requests a minute (429 with Retry-After beyond it)."""
@@ -90,7 +91,8 @@ async def submit_grant_request(
     response.headers["Location"] = f"/v1/grant-requests/{accepted.record.id}"
     if not accepted.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return summary(accepted.record)
+    earlier = await svc.intake.earlier_for_defender(accepted.record)
+    return SubmissionAccepted(**summary(accepted.record).model_dump(), earlier_requests_for_defender=earlier)
 
 
 class GrantRequestPage(BaseModel):
@@ -206,7 +208,8 @@ async def record_payment(
     svc: Svc,
     actor: Annotated[Actor, Depends(require(Operation.RECORD_PAYMENT))],
 ) -> ActionResult:
-    """Finance records the bank transfer that paid the current tranche."""
+    """Finance records the bank transfer that paid the current tranche. 422 (a field error on
+    `paid_on`) when it is dated before the request was approved or after today (UTC days)."""
     command = ManualPaymentRecord(actor=actor, **body.model_dump())
     return await _act(svc, request_id, actor, GrantRequestWorkflow.record_payment, command)
 
@@ -310,6 +313,9 @@ async def _act(svc: Services, request_id: str, actor: Actor, update, command: Ac
         return await handle.execute_update(update, command, result_type=ActionResult)
     except WorkflowUpdateFailedError as failure:
         reason = getattr(failure.cause, "message", None) or "the action was refused"
+        if isinstance(failure.cause, ApplicationError) and failure.cause.type == FIELD_REFUSED and failure.cause.details:
+            field = str(failure.cause.details[0])
+            raise Problem(422, "validation-error", f"{field}: {reason}", errors=[{"field": field, "message": reason}]) from None
         raise Problem(409, "action-refused", reason) from None
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:

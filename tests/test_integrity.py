@@ -1,0 +1,321 @@
+"""The fund's promises against an adversary (issue 18): the caps hold where money is committed,
+however requests race and however the defender's pseudonym is written; people are compared as
+the roster knows them, however their subject or organisation is spelled."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+from activities.budget import BudgetReservations
+from haven import ledger
+from haven.case_events import OVER_CAP, MoneyCaps, ReservationRequest
+from haven.db import utcnow
+from haven.db.models import AuditEvent, GrantRequestRecord, LedgerEntry, StaffMember
+from haven.identifiers import canonical, person_key, same
+from haven.intake import defender_ref
+from haven.lifecycle import Status
+from haven.money import Money
+from tests.api_harness import BODY, assert_problem
+from tests.conftest import TEST_ISSUER
+from tests.harness import caseworker, director
+from tests.ledger_checks import assert_ledger_balances
+from temporalio.exceptions import ApplicationError
+
+# One defender, written as an adversary (or a hurried intermediary) would write them.
+SPELLINGS = [
+    "falcon-17",
+    "FALCON-17",
+    "ｆａｌｃｏｎ－１７",  # fullwidth
+    "fal\u200bcon-17",  # a zero-width space
+    "falcon\u201017",  # U+2010 HYPHEN
+    "falcon\u201117",  # U+2011 NON-BREAKING HYPHEN
+    "f\u0430lcon-17",  # CYRILLIC SMALL LETTER A
+    "  falcon-17 ",
+    "falc\u043en\u2013l7",  # Cyrillic o, an en dash, l for 1
+    "fa\u00adlcon-17",  # a soft hyphen
+    "falcon-17\ufe0f",  # a variation selector
+    "ＦＡＬＣＯＮ\u2011１７",
+]
+OTHERS = ["falcon-18", "falcon 17", "hawk-17", "fálcon-17", "falcon-177"]
+
+
+def test_every_spelling_of_one_pseudonym_is_one_defender():
+    refs = {defender_ref(spelling, b"key") for spelling in SPELLINGS}
+    assert len(refs) == 1, {s: canonical(s) for s in SPELLINGS}
+    assert all(defender_ref(other, b"key") not in refs for other in OTHERS)
+    assert len({defender_ref(other, b"key") for other in OTHERS}) == len(OTHERS)
+
+
+def test_subjects_that_read_the_same_are_one_person():
+    for a, b in [("cw-1", "CW-1"), ("dir-1", "DIR-1"), ("dir-1", "Dir-1"), ("int-ngo-1", "int-ngo\u200b-1"), ("ngo-1", "NGO\u20111")]:
+        assert same(a, b) and person_key("iss", a) == person_key("iss", b)
+    assert not same("cw-1", "cw-2") and person_key("iss-a", "cw-1") != person_key("iss-b", "cw-1")
+
+
+# --- caps where money is committed -----------------------------------------------------------
+
+
+async def _request_row(db, n: int, pseudonym: str, amount_base: int, category: str = "legal_fees") -> str:
+    """A stored request (as intake writes it) for the reservation activity to reserve."""
+    now = utcnow()
+    request_id = f"gr_cap{n:04d}"
+    async with db.transaction() as session:
+        policy_hash = (await session.scalar(select(GrantRequestRecord.policy_hash).limit(1))) or await _a_policy_hash(session)
+        session.add(
+            GrantRequestRecord(
+                id=request_id, organisation_id="ngo-1", submitted_by="int-1", idempotency_key=f"cap-{n}", body_hash="x",
+                category=category, urgency="high", country="KE", threat_level="moderate", amount_minor=amount_base,
+                currency="EUR", amount_base_minor=amount_base, tranche_count=1, rail="manual", policy_hash=policy_hash,
+                defender_ref=defender_ref(pseudonym, b"index-key"), sensitive={}, status=Status.APPROVED, status_seq=1,
+                escalated=False, follow_up_overdue=False, created_at=now, updated_at=now,
+            )  # fmt: skip
+        )
+    return request_id
+
+
+async def _a_policy_hash(session) -> str:
+    from haven.db.models import PolicyRecord
+
+    return await session.scalar(select(PolicyRecord.hash).limit(1))
+
+
+async def _reserve(db, request_id: str, category: str, amount_base: int, caps: MoneyCaps) -> int | None:
+    """Runs the reservation activity as the workflow does (retried while SQLite's single writer is
+    busy); None when it reserved, else how much still fitted."""
+    order = ReservationRequest(
+        request_id=request_id, number=1, category=category, amount_base_minor=amount_base,
+        amount=Money(minor_units=amount_base, currency="EUR"), rate_to_base=Decimal(1), at=utcnow(), caps=caps,
+    )  # fmt: skip
+    activity = BudgetReservations(db)
+    while True:
+        try:
+            await activity.reserve_budget(order)
+            return None
+        except ApplicationError as error:
+            assert error.type == OVER_CAP, error
+            return int(error.details[0])
+        except Exception as error:  # noqa: BLE001 - "database is locked": Temporal retries the activity
+            if "locked" not in str(error):
+                raise
+            await asyncio.sleep(0.01)
+
+
+async def _committed_to(db, pseudonym: str) -> int:
+    ref = defender_ref(pseudonym, b"index-key")
+    async with db.sessions() as session:
+        rows = (
+            await session.execute(
+                select(LedgerEntry.kind, func.sum(LedgerEntry.amount_base_minor))
+                .join(GrantRequestRecord, GrantRequestRecord.id == LedgerEntry.request_id)
+                .where(GrantRequestRecord.defender_ref == ref)
+                .group_by(LedgerEntry.kind)
+            )
+        ).all()
+    sums = {kind: int(total) for kind, total in rows}
+    return sums.get("reservation", 0) - sums.get("release", 0) - sums.get("refund", 0) - sums.get("reversal", 0)
+
+
+CAPS = MoneyCaps(grant=750_000, defender_12_months=1_000_000)
+
+
+async def test_concurrent_reservations_for_one_defender_never_pass_the_cap(db):
+    """Twelve requests of EUR 6,000 for one defender, each pseudonym written another way, in two
+    categories (so two allocation locks), reserved all at once: one fits under EUR 10,000."""
+    ids = [
+        (await _request_row(db, n, spelling, 600_000, category), category)
+        for n, (spelling, category) in enumerate(zip(SPELLINGS, ["legal_fees", "safe_housing"] * 6))
+    ]
+    results = await asyncio.gather(*(_reserve(db, request_id, category, 600_000, CAPS) for request_id, category in ids))
+    assert results.count(None) == 1, results
+    assert sorted(r for r in results if r is not None) == [400_000] * 11
+    assert await _committed_to(db, "falcon-17") == 600_000
+    await assert_ledger_balances(db)
+
+
+async def test_what_still_fits_can_be_reserved_and_nothing_more(db):
+    first = await _request_row(db, 1, "falcon-17", 600_000)
+    second = await _request_row(db, 2, "FALCON\u201117", 600_000, "secure_communications")
+    assert await _reserve(db, first, "legal_fees", 600_000, CAPS) is None
+    assert await _reserve(db, second, "secure_communications", 600_000, CAPS) == 400_000
+    # Refused: nothing was written for it.
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(LedgerEntry).where(LedgerEntry.request_id == second)) == 0
+    assert await _reserve(db, second, "secure_communications", 400_000, CAPS) is None
+    assert await _committed_to(db, "falcon-17") == 1_000_000
+    # Money that came back makes room again; a grant's own cap holds too.
+    third = await _request_row(db, 3, "falcon-17", 100_000)
+    assert await _reserve(db, third, "legal_fees", 100_000, CAPS) == 0
+    assert await _reserve(db, third, "legal_fees", 100_000, MoneyCaps(grant=50_000, defender_12_months=10**9)) == 50_000
+
+
+async def test_requests_racing_for_one_defender_are_decided_again_for_what_still_fits(harness):
+    """Three EUR 6,000 requests for the same defender, assessed before any was granted and each
+    approved in full: the first is paid, the others go back to the caseworkers with what still fits,
+    and an approval above it is refused."""
+    handles = [await harness.submit(amount={"minor_units": 600_000, "currency": "EUR"}, defender={"pseudonym": p})
+               for p in ("falcon-17", "Falcon\u200b-17", "f\u0430lcon\u201017")]  # fmt: skip
+    for handle in handles:
+        state = await harness.until(handle, Status.AWAITING_DECISION)
+        assert state.risk.prior_grants_12_months == 0
+    for handle in handles:  # two caseworkers and a director each (EUR 6,000 is above EUR 5,000)
+        await asyncio.gather(*(harness.approve(handle, actor, 600_000) for actor in (caseworker(1), caseworker(2), director())))
+    states = [await harness.until(h, lambda s: s.status in (Status.PAYMENT_PENDING, Status.AWAITING_DECISION)) for h in handles]
+    assert [s.status for s in states].count(Status.PAYMENT_PENDING) == 1
+    back = [h for h, s in zip(handles, states) if s.status == Status.AWAITING_DECISION]
+    for handle in back:
+        state = await harness.state(handle)
+        refused = [e for e in state.timeline if e.action == "caps_exceeded"]
+        assert refused and refused[-1].facts["room_base_minor"] == 400_000
+        assert state.approvals == [] and state.granted is None
+        record = await harness.until_recorded(handle.id, Status.AWAITING_DECISION)
+        assert record.granted_minor is None and record.decision_due_at is not None
+        reason = await harness.refused(handle, *_approval(caseworker(3), 500_000))
+        assert "above what may be granted" in reason
+    # The second gets what still fits; the third then finds nothing left.
+    await asyncio.gather(*(harness.approve(back[0], a, 400_000) for a in (caseworker(3), caseworker(4))))
+    await harness.until(back[0], Status.PAYMENT_PENDING)
+    await asyncio.gather(*(harness.approve(back[1], a, 400_000) for a in (caseworker(3), caseworker(4))))
+    state = await harness.until(back[1], lambda s: [e.action for e in s.timeline].count("caps_exceeded") == 2)
+    assert state.status == Status.AWAITING_DECISION
+    assert [e for e in state.timeline if e.action == "caps_exceeded"][-1].facts["room_base_minor"] == 0
+    await harness.reject(back[1], caseworker(5), "Nothing is left under this defender's cap this year.")
+    assert await _committed_to(harness.db, "falcon-17") == 1_000_000
+
+
+def _approval(actor, minor_units: int):
+    from haven.grant_request import DecisionCommand
+    from workflows.grant_request import GrantRequestWorkflow
+
+    return GrantRequestWorkflow.decide, DecisionCommand(actor=actor, kind="approve", amount=Money(minor_units=minor_units, currency="EUR"))
+
+
+async def test_earlier_grants_under_another_spelling_count_in_the_risk_assessment(harness):
+    first = await harness.submit(defender={"pseudonym": "heron-4"})
+    await harness.until(first, Status.AWAITING_DECISION)
+    await harness.approve(first, caseworker(), 150_000)
+    await harness.until(first, Status.PAYMENT_PENDING)
+    for spelling in ["HERON-4", "ｈｅｒｏｎ－４", "h\u0435ron\u20114", "her\u200bon-4", "heron-4\u00ad"]:
+        handle = await harness.submit(defender={"pseudonym": spelling})
+        state = await harness.until(handle, Status.AWAITING_DECISION)
+        assert (state.risk.prior_grants_12_months, state.risk.prior_granted_base_12_months) == (1, 150_000), spelling
+        assert state.risk.factors["prior_grants"] == 10
+        await harness.reject(handle, caseworker(), "Covered by the first grant.")
+    other = await harness.submit(defender={"pseudonym": "heron-5"})
+    assert (await harness.until(other, Status.AWAITING_DECISION)).risk.prior_grants_12_months == 0
+    await harness.reject(other, caseworker())
+    await harness.payment_failed(first)
+
+
+async def test_the_intermediary_is_told_when_a_pseudonym_matched_an_earlier_request(api):
+    first = await api.submit({**BODY, "defender": {"pseudonym": "owl-3"}})
+    assert first.json()["earlier_requests_for_defender"] == 0
+    again = await api.submit({**BODY, "defender": {"pseudonym": "ＯＷＬ\u20113"}})
+    assert again.status_code == 202 and again.json()["earlier_requests_for_defender"] == 1
+    # Another organisation's requests are not theirs to learn of.
+    other = await api.submit({**BODY, "defender": {"pseudonym": "owl-3"}}, org="ngo-2")
+    assert other.json()["earlier_requests_for_defender"] == 0
+    unrelated = await api.submit({**BODY, "defender": {"pseudonym": "owl-33"}})
+    assert unrelated.json()["earlier_requests_for_defender"] == 0
+
+
+# --- people as the roster knows them ------------------------------------------------------------
+
+
+async def _roster(db, subject: str, roles: list[str], active: bool = True) -> None:
+    async with db.transaction() as session:
+        now = utcnow()
+        session.add(StaffMember(issuer=TEST_ISSUER, subject=subject, subject_key=canonical(subject), name=subject,
+                                email=f"{subject.lower()}@fund.example.org", roles=roles, active=active,
+                                created_at=now, updated_at=now))  # fmt: skip
+
+
+async def _waiting(api, amount: int = 600_000, org: str = "ngo-1") -> str:
+    response = await api.submit({**BODY, "amount": {"minor_units": amount, "currency": "EUR"}}, org=org)
+    request_id = response.json()["id"]
+    await api.until_status(request_id, "awaiting_decision")
+    return request_id
+
+
+def _decide(api, request_id: str, headers: dict, minor_units: int = 600_000):
+    body = {"kind": "approve", "amount": {"minor_units": minor_units, "currency": "EUR"}}
+    return api.http.post(f"/v1/grant-requests/{request_id}/decisions", json=body, headers=headers)
+
+
+async def _audit_count(api) -> int:
+    async with api.db.sessions() as session:
+        return await session.scalar(select(func.count()).select_from(AuditEvent))
+
+
+async def test_a_token_whose_subject_is_not_on_the_roster_cannot_act(api):
+    request_id = await _waiting(api)
+    before = await _audit_count(api)
+    for subject in ("CW-1", "Cw-1", "cw-1\u200b", "cw\u20111", "с\u0077-1", "cw-404", "DIR-1", "Dir-1", "FIN-1"):
+        role = "director" if subject.lower().startswith("dir") else "finance" if subject.lower().startswith("fin") else "caseworker"
+        response = await _decide(api, request_id, api.token(role, subject))
+        problem = assert_problem(response, 403, "forbidden")
+        assert "roster" in problem["detail"], problem
+    assert await _audit_count(api) == before
+    state = await api.until_status(request_id, "awaiting_decision")
+    assert state["decisions"] == []
+
+
+async def test_an_inactive_or_unrostered_role_cannot_act(api):
+    await _roster(api.db, "cw-gone", ["caseworker"], active=False)
+    await _roster(api.db, "cw-only", ["caseworker"])
+    request_id = await _waiting(api, 150_000)
+    assert_problem(await _decide(api, request_id, api.token("caseworker", "cw-gone"), 150_000), 403, "forbidden")
+    # The token claims director; the roster says caseworker only: the director role is not taken.
+    assert_problem(
+        await api.http.get("/v1/reconciliations", headers=api.token("director", "cw-only")), 403, "forbidden"
+    )
+    # Deactivated between two actions: the next is refused.
+    assert (await api.http.get("/v1/grant-requests", headers=api.token("caseworker", "cw-only"))).status_code == 200
+    async with api.db.transaction() as session:
+        (await session.get(StaffMember, (TEST_ISSUER, "cw-only"))).active = False
+    assert_problem(await api.http.get("/v1/grant-requests", headers=api.token("caseworker", "cw-only")), 403, "forbidden")
+
+
+async def test_four_eyes_and_the_director_count_people_not_spellings(api):
+    request_id = await _waiting(api)  # EUR 6,000: two caseworkers and a director
+    assert (await _decide(api, request_id, api.token("director", "dir-1"))).status_code == 200
+    for spelling in ("DIR-1", "Dir-1", "dir\u200b-1"):
+        assert_problem(await _decide(api, request_id, api.token("director", spelling)), 403, "forbidden")
+    again = await _decide(api, request_id, api.token("director", "dir-1"))
+    assert_problem(again, 409, "action-refused")
+    view = await api.until_status(request_id, "awaiting_decision")
+    assert len([d for d in view["decisions"] if d["kind"] == "approve"]) == 1
+
+
+async def test_the_roster_refuses_a_second_spelling_of_someone_on_it(api):
+    admin = api.token("admin", "adm-1")
+    body = {"name": "Amina K.", "email": "amina@fund.example.org", "roles": ["caseworker"]}
+    for spelling in ("CW-1", "Cw-1", "cw-l", "CW-l"):
+        assert_problem(await api.http.put(f"/v1/staff/{spelling}", json=body, headers=admin), 409, "roster-refused")
+    for invisible in ("cw-1%E2%80%8B", "%D1%81w-1"):  # a zero-width space; a Cyrillic es
+        assert (await api.http.put(f"/v1/staff/{invisible}", json=body, headers=admin)).status_code == 422
+    async with api.db.sessions() as session:
+        keys = [m.subject_key for m in await session.scalars(select(StaffMember))]
+    assert len(keys) == len(set(keys))
+    # Organisations likewise.
+    org = {"name": "Another NGO", "trust_level": "standard"}
+    assert_problem(await api.http.put("/v1/organisations/ngo-l", json=org, headers=admin), 409, "organisation-refused")
+
+
+async def test_a_decider_who_is_the_submitter_or_of_its_organisation_however_spelled_is_refused(api):
+    request_id = await _waiting(api, 150_000)  # submitted by int-ngo-1 of ngo-1
+    await _roster(api.db, "INT-NGO-1", ["caseworker"])  # the same name as the submitter
+    await _roster(api.db, "cw-partner", ["caseworker"])
+    refused = await _decide(api, request_id, api.token("caseworker", "INT-NGO-1"), 150_000)
+    assert "submitted" in assert_problem(refused, 409, "action-refused")["detail"]
+    for claim in ("NGO-1", "ngo\u20111", "ｎｇｏ-1", "ngo-1\u200b"):
+        refused = await _decide(api, request_id, api.token("caseworker", "cw-partner", claim), 150_000)
+        assert "own organisation" in assert_problem(refused, 409, "action-refused")["detail"], claim
+    # An intermediary whose claim names its organisation another way is still scoped to it.
+    listed = await api.http.get("/v1/grant-requests", headers=api.token("intermediary", "int-ngo-1", "NGO-1"))
+    assert [r["id"] for r in listed.json()["items"]] == [request_id]
+    assert (await _decide(api, request_id, api.token("caseworker", "cw-1"), 150_000)).status_code == 200
