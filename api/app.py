@@ -18,6 +18,7 @@ from api import openapi, problems
 from api.auth import TokenVerifier
 from api.limits import BodyLimit, RateLimit, refuse_unknown_query_parameters
 from api.metrics import ApiMetrics, RequestMetrics
+from api.server import BodyDeadline
 from api.routes import audit, budget, codec, erasure, exports, grant_requests, refunds, health, organisations, policies, reconciliations, staff, stripe_webhooks
 from api.services import Services
 from policies import load_policy
@@ -75,6 +76,7 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.state.metrics = ApiMetrics(routes=[route.path for route in routes()] + docs)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(codec.CodecCors, origins=settings.codec_cors_origins)
+    app.add_middleware(BodyDeadline, seconds=settings.api_body_timeout_seconds)
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: it times the others too
     for router in ROUTERS:
         app.include_router(router)

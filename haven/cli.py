@@ -339,9 +339,10 @@ async def _serve_api(settings: Settings, client, db, stop: asyncio.Event) -> Non
     import uvicorn
 
     from api.app import create_app
+    from api.server import uvicorn_config
 
     app = create_app(settings, db=db, client=client)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.api_host, port=settings.api_port, log_level="warning"))
+    server = uvicorn.Server(uvicorn_config(app, settings))  # with deadlines for slow clients
     server.install_signal_handlers = lambda: None  # we handle signals for all parts together
     async def serve() -> None:
         try:

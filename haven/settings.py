@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     # The interactive docs (/docs, /redoc) and the OpenAPI document (/openapi.json), served without a
     # token. Unset: on in dev mode, off otherwise (they map every operation for whoever asks).
     api_docs: bool | None = None
+    # A client has this long to send a request's headers (from connecting, or from the previous
+    # answer) and then its body; past either it is answered 408 and disconnected (api.server).
+    api_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    api_body_timeout_seconds: float = Field(default=30.0, gt=0)
 
     policy_file: Path = REPO_ROOT / "policies" / "default.yaml"
     denied_parties_file: Path = REPO_ROOT / "policies" / "denied_parties.yaml"
