@@ -319,3 +319,66 @@ async def test_a_decider_who_is_the_submitter_or_of_its_organisation_however_spe
     listed = await api.http.get("/v1/grant-requests", headers=api.token("intermediary", "int-ngo-1", "NGO-1"))
     assert [r["id"] for r in listed.json()["items"]] == [request_id]
     assert (await _decide(api, request_id, api.token("caseworker", "cw-1"), 150_000)).status_code == 200
+
+
+# --- stored requests re-indexed --------------------------------------------------------------------
+
+
+def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer(tmp_path):
+    """A database written by the build before (pseudonyms hashed after case folding only, the
+    roster keyed by subject) is brought to one defender per name and one person per subject."""
+    import hashlib
+    import hmac
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from haven.case_keys import SENSITIVE
+    from haven.db.migrate import alembic_config
+    from haven.keys import pseudonym_index_key
+    from tests.conftest import TEST_CASE_KEYS, make_settings
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'old.db'}"
+    settings = make_settings(tmp_path, url)
+    config = alembic_config(url)
+    config.attributes["settings"] = settings
+    command.upgrade(config, "0006")
+    key = pseudonym_index_key(settings)
+    old_ref = lambda p: hmac.new(key, " ".join(p.casefold().split()).encode(), hashlib.sha256).hexdigest()  # noqa: E731
+    engine = sa.create_engine(url.replace("+aiosqlite", ""))
+    now = utcnow()
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO organisations (id, name, trust_level, active, created_at) VALUES ('ngo-1', 'n', 'standard', 1, :t)"), {"t": now})
+        connection.execute(sa.text("INSERT INTO policy_versions (hash, name, content, created_at) VALUES ('p', 'p', '{}', :t)"), {"t": now})
+        connection.execute(sa.text("INSERT INTO staff_members (subject, name, email, roles, active, created_at, updated_at) "
+                                   "VALUES ('cw-1', 'c', 'c@x.org', '[\"caseworker\"]', 1, :t, :t)"), {"t": now})  # fmt: skip
+        for n, pseudonym in enumerate(["falcon-17", "ｆａｌｃｏｎ－１７", "f\u0430lcon\u201017", "erased-one"]):
+            request_id = f"gr_old{n}"
+            sealer, case_key = TEST_CASE_KEYS.new(request_id, now)
+            sealed = sealer.seal(SENSITIVE, {"defender": {"pseudonym": pseudonym}, "payee": {}, "threat_summary": "t", "purpose": "p"})
+            connection.execute(
+                sa.text(
+                    "INSERT INTO grant_requests (id, organisation_id, submitted_by, idempotency_key, body_hash, category, urgency,"
+                    " country, threat_level, amount_minor, currency, amount_base_minor, tranche_count, rail, policy_hash,"
+                    " defender_ref, sensitive, status, status_seq, escalated, follow_up_overdue, created_at, updated_at)"
+                    " VALUES (:id, 'ngo-1', 'INT-1', :id, 'h', 'legal_fees', 'high', 'KE', 'low', 1, 'EUR', 1, 1, 'manual', 'p',"
+                    " :ref, :sensitive, 'closed', 1, 0, 0, :t, :t)"
+                ),
+                {"id": request_id, "ref": old_ref(pseudonym), "sensitive": f'"{sealed}"', "t": now},
+            )
+            wrapped = None if pseudonym == "erased-one" else case_key.wrapped_key
+            connection.execute(
+                sa.text("INSERT INTO case_keys (request_id, master_key_id, wrapped_key, created_at) VALUES (:id, :k, :w, :t)"),
+                {"id": request_id, "k": case_key.master_key_id, "w": wrapped, "t": now},
+            )
+    assert len({old_ref(p) for p in ["falcon-17", "ｆａｌｃｏｎ－１７", "f\u0430lcon\u201017"]}) == 3  # three defenders before
+    command.upgrade(config, "head")
+    with engine.connect() as connection:
+        refs = dict(connection.execute(sa.text("SELECT id, defender_ref FROM grant_requests")).all())
+        staff = connection.execute(sa.text("SELECT issuer, subject, subject_key FROM staff_members")).one()
+        submitter = connection.execute(sa.text("SELECT DISTINCT submitted_by_person FROM grant_requests")).scalar_one()
+    assert refs["gr_old0"] == refs["gr_old1"] == refs["gr_old2"] == defender_ref("falcon-17", key)
+    assert refs["gr_old3"] == old_ref("erased-one")  # nothing can open it any more: left as it was
+    assert tuple(staff) == (TEST_ISSUER, "cw-1", "cw-l")
+    assert submitter == person_key(TEST_ISSUER, "int-1")
+    engine.dispose()
