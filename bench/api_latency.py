@@ -74,7 +74,7 @@ async def _until_settled(http: httpx.AsyncClient, backlog: int, timeout: float =
 
 async def run(haven: LocalHaven, rate: float, seconds: float, backlog: int) -> dict:
     partner = haven.token("--role", "intermediary", "--sub", "bench", "--org", "ngo-1")
-    caseworker = haven.token("--role", "caseworker", "--sub", "bench-cw")
+    caseworker = haven.token("--role", "caseworker", "--sub", "cw-1")
     limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
     async with httpx.AsyncClient(base_url=haven.base_url, timeout=10, limits=limits) as http:
         stamp = time.time_ns()

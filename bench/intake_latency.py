@@ -39,7 +39,7 @@ class Stack:
     def __init__(self, haven: LocalHaven):
         self.haven = haven
         self.intermediary = haven.token("--role", "intermediary", "--sub", "bench", "--org", "ngo-1")
-        self.caseworker = haven.token("--role", "caseworker", "--sub", "bench-cw")
+        self.caseworker = haven.token("--role", "caseworker", "--sub", "cw-1")
         self.submitter = httpx.Client(base_url=haven.base_url, timeout=10)
         self.reader = httpx.Client(base_url=haven.base_url, timeout=10)
         self.acknowledged: list[float] = []

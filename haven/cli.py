@@ -178,7 +178,15 @@ async def _org(settings: Settings, args) -> int:
     from haven.db import Database, utcnow
     from haven.db.models import Organisation
 
+    from haven.roster import registered_organisation
+
     db = Database(settings.async_database_url)
+    async with db.sessions() as session:
+        namesake = await registered_organisation(session, args.id)
+    if namesake != args.id:
+        await db.dispose()
+        print(f"haven org: {args.id!r} is the same name as the registered organisation {namesake!r}", file=sys.stderr)
+        return 1
     async with db.transaction() as session:
         existing = await session.get(Organisation, args.id)
         if existing is None:

@@ -138,6 +138,8 @@ class FaultStack:
         }
         self._haven("migrate")
         self._haven("org", "ngo-1", "--name", "Partner NGO", "--trust", "standard")
+        for subject, role in (("cw-1", "caseworker"), ("cw-2", "caseworker"), ("dir-1", "director"), ("fin-1", "finance")):
+            self._haven("staff", subject, "--name", subject, "--email", f"{subject}@fund.example.org", "--role", role)
         self.start_server()
         self.start_api()
         self.start_worker()

@@ -39,3 +39,13 @@ def test_audit_verify_passes_on_an_intact_log(sqlite_database, tmp_path):
 def test_a_command_haven_does_not_have_is_refused(sqlite_database, tmp_path):
     done = _haven("wrker", database_url=sqlite_database, cwd=tmp_path)
     assert done.returncode == 2 and "invalid choice" in done.stderr
+
+
+def test_staff_puts_the_first_administrator_on_the_roster_and_refuses_a_second_spelling(sqlite_db, tmp_path):
+    person = ("--name", "Admin One", "--email", "admin@fund.example.org", "--role", "admin")
+    done = _haven("staff", "idp-7f3a", *person, database_url=sqlite_db.url, cwd=tmp_path)
+    assert done.returncode == 0 and done.stdout.startswith("added idp-7f3a"), done.stderr
+    again = _haven("staff", "IDP-7F3A", *person, database_url=sqlite_db.url, cwd=tmp_path)
+    assert again.returncode == 1 and "same name as 'idp-7f3a'" in again.stderr and "Traceback" not in again.stderr
+    org = _haven("org", "ngo-l", "--name", "Look-alike", database_url=sqlite_db.url, cwd=tmp_path)
+    assert org.returncode == 1 and "same name as the registered organisation 'ngo-1'" in org.stderr
