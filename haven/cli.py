@@ -7,6 +7,7 @@ import asyncio
 import atexit
 import contextlib
 import os
+import secrets
 import signal
 import sys
 from datetime import timedelta
@@ -449,10 +450,12 @@ async def _run_all(settings: Settings) -> int:
     stripe_server = None
     if settings.local_stripe:
         stripe_server, settings = _start_local_stripe(settings)
+    # Temporal's web UI shows decrypted payloads through haven's codec endpoint. That UI has no
+    # sign-in, so it gets an address of its own, with a secret made for this run (dev mode only;
+    # see api/routes/codec.py), on the API as it listens on this machine.
+    settings = settings.model_copy(update={"codec_ui_secret": secrets.token_urlsafe(32)})
     try:
-        # Temporal's web UI shows decrypted payloads through haven's codec endpoint (dev mode: the
-        # endpoint trusts the UI's own origin without a token; see api/routes/codec.py).
-        server = devserver.start_dev_server(settings, codec_endpoint=f"{settings.public_base_url}/v1/codec")
+        server = devserver.start_dev_server(settings, codec_endpoint=f"{_local_api_url(settings)}/v1/codec/ui/{settings.codec_ui_secret}")
         try:
             await devserver.wait_until_serving(settings, server)
             db, client = await _prepare(settings)
@@ -470,6 +473,12 @@ async def _run_all(settings: Settings) -> int:
     finally:
         if stripe_server is not None:
             stripe_server.stop()  # after the worker: a payment under way finishes or is retried next time
+
+
+def _local_api_url(settings: Settings) -> str:
+    """The API as a client on this machine reaches it."""
+    host = "127.0.0.1" if settings.api_host in ("0.0.0.0", "::", "") else settings.api_host
+    return f"http://{f'[{host}]' if ':' in host else host}:{settings.api_port}"
 
 
 def _start_local_stripe(settings: Settings):
@@ -537,7 +546,7 @@ def _print_welcome(settings: Settings) -> None:
         f"""
 haven is running (dev mode: HS256 tokens, secrets generated under {settings.var_dir}/secrets)
   API docs     {api}/docs
-  Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}  (payloads encrypted; decoded for the UI by {settings.public_base_url}/v1/codec)
+  Temporal UI  http://{settings.temporal_address.rsplit(':', 1)[0]}:{settings.temporal_ui_port}  (payloads encrypted; decoded for the UI by {_local_api_url(settings)}/v1/codec/ui/…, an address made for this run)
   Data         {settings.var_dir}  (app database and Temporal history; they survive restarts)
   E-mail       {mail}
                to the dev roster cw-1, cw-2 (caseworkers), dir-1 (director), fin-1 (finance), adm-1 (admin) @example.org

@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     master_keys: str = ""
     # Browser origins (Temporal's web UI) allowed to call the codec endpoint, /v1/codec.
     codec_cors_origins: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8233", "http://localhost:8233"])
+    # Dev mode only: Temporal's dev UI (no sign-in) calls /v1/codec/ui/<this>/decode without a token.
+    # `haven run` makes a new one each run; set it for a UI of your own (the compose file's).
+    codec_ui_secret: str = Field(default="", repr=False)
 
     max_body_bytes: int = 64 * 1024
 
@@ -130,6 +133,13 @@ class Settings(BaseSettings):
     def _defaults_under_var_dir(self) -> "Settings":
         if not self.database_url:
             self.database_url = f"sqlite+aiosqlite:///{self.var_dir / 'haven.db'}"
+        return self
+
+    @model_validator(mode="after")
+    def _codec_ui_secret_unguessable(self) -> "Settings":
+        secret = self.codec_ui_secret
+        if secret and not (len(secret) >= 32 and secret.isascii() and secret.replace("-", "").replace("_", "").isalnum()):
+            raise ValueError("HAVEN_CODEC_UI_SECRET must be at least 32 letters, digits, '-' or '_' (openssl rand -hex 32)")
         return self
 
     @model_validator(mode="after")

@@ -108,7 +108,9 @@ def test_health_checks_and_the_codec_endpoint_call_paths_the_api_serves():
     paths = {route.path for route in routes()}
     api_check = " ".join(SERVICES["api"]["healthcheck"]["test"])
     assert [url.split(":8000", 1)[1] for url in _urls(api_check)] == ["/readyz"]
-    codec = SERVICES["temporal-ui"]["environment"]["TEMPORAL_CODEC_ENDPOINT"]
+    # In dev mode the UI calls its own address, with the secret the API has too.
+    codec = SERVICES["temporal-ui"]["environment"]["TEMPORAL_CODEC_ENDPOINT"].replace("${HAVEN_CODEC_UI_SECRET}", "{secret}")
+    assert _environment(SERVICES["api"])["HAVEN_CODEC_UI_SECRET"].startswith("${HAVEN_CODEC_UI_SECRET:?")
     # The UI calls <endpoint>/encode and /decode.
     assert {f"{codec.split(':8000', 1)[1]}/encode", f"{codec.split(':8000', 1)[1]}/decode"} <= paths
     for name, service in SERVICES.items():

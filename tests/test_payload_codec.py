@@ -157,19 +157,61 @@ async def test_the_codec_endpoint_refuses_other_roles_no_token_and_bad_bodies(ap
     assert "elsewhere" in assert_problem(refused, 422, "payload-refused")["detail"]
 
 
-async def test_the_ui_s_origin_gets_cors_and_in_dev_mode_no_token_is_needed(api: Api):
+async def test_the_ui_s_origin_gets_cors_but_no_way_in_without_a_token(api: Api):
     ui = "http://127.0.0.1:8233"
     preflight = await api.http.options("/v1/codec/decode", headers={"Origin": ui, "Access-Control-Request-Method": "POST"})
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == ui
     assert "x-namespace" in preflight.headers["access-control-allow-headers"]
     [sealed] = await EncryptionCodec(ROTATED).encode([_payload("dev ui")])
-    response = await api.http.post("/v1/codec/decode", json=_body([sealed]), headers={"Origin": ui})
-    assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ui
+    # Any script can claim the UI's origin: in dev mode too, the origin alone opens nothing.
+    for origin in (ui, "http://localhost:8233", "null", ""):
+        refused = await api.http.post("/v1/codec/decode", json=_body([sealed]), headers={"Origin": origin, "X-Namespace": "default"})
+        assert_problem(refused, 401, "unauthorized")
     other = await api.http.options("/v1/codec/decode", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "access-control-allow-origin" not in other.headers
     elsewhere = await api.http.get("/v1/grant-requests", headers={"Origin": ui, **api.token("caseworker", "cw-1")})
     assert "access-control-allow-origin" not in elsewhere.headers  # CORS for the codec only
+
+
+UI_SECRET = "k" * 20 + "-unguessable-per-run-" + "q" * 20
+
+
+async def test_in_dev_mode_the_ui_opens_payloads_through_its_unguessable_address(time_skipping_env, sqlite_db, tmp_path):
+    from sqlalchemy import select
+
+    from haven.db.models import AuditEvent
+    from tests.api_harness import serving
+
+    ui = "http://127.0.0.1:8233"
+    [sealed] = await EncryptionCodec(ROTATED).encode([_payload("through the ui")])
+    async with serving(time_skipping_env, sqlite_db, tmp_path, codec_ui_secret=UI_SECRET) as api:
+        preflight = await api.http.options(f"/v1/codec/ui/{UI_SECRET}/decode", headers={"Origin": ui, "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 204 and preflight.headers["access-control-allow-origin"] == ui
+        opened = await api.http.post(f"/v1/codec/ui/{UI_SECRET}/decode", json=_body([sealed]), headers={"Origin": ui, "X-Namespace": "default"})
+        assert opened.status_code == 200 and opened.headers["access-control-allow-origin"] == ui, opened.text
+        assert json.loads(base64.b64decode(opened.json()["payloads"][0]["data"])) == {"answer": "through the ui"}
+        sealed_again = await api.http.post(f"/v1/codec/ui/{UI_SECRET}/encode", json=_body([_payload("typed")]), headers={"Origin": ui})
+        assert sealed_again.status_code == 200
+        async with api.db.sessions() as session:
+            audited = (await session.scalars(select(AuditEvent).where(AuditEvent.action == "payloads_decoded"))).all()
+        assert [e.actor for e in audited] == ["temporal-ui (dev mode, no token)"]
+
+        # Anything but the exact address is refused, whatever origin or token comes with it.
+        guesses = ["", "x", UI_SECRET[:-1], UI_SECRET + "x", UI_SECRET.upper(), UI_SECRET.replace("-", "_"), "..", "%2e%2e",
+                   UI_SECRET + "%00", " " + UI_SECRET]  # fmt: skip
+        for guess in guesses:
+            for direction in ("decode", "encode"):
+                response = await api.http.post(f"/v1/codec/ui/{guess}/{direction}", json=_body([sealed]), headers={"Origin": ui})
+                assert response.status_code in (401, 404, 405) and response.headers["content-type"] == "application/problem+json", (guess, response.text)
+        token = await api.http.post("/v1/codec/ui/wrong/decode", json=_body([sealed]), headers=api.token("caseworker", "cw-1"))
+        assert_problem(token, 404, "not-found")
+        assert "ui/{secret}" not in json.dumps(api.app.openapi()), "not part of the published API"
+
+    # Without an address for the UI (the API alone, `haven api`), none answers.
+    async with serving(time_skipping_env, sqlite_db, tmp_path) as api:
+        assert_problem(await api.http.post("/v1/codec/ui//decode", json=_body([sealed])), 404, "not-found")
+        assert_problem(await api.http.post(f"/v1/codec/ui/{UI_SECRET}/decode", json=_body([sealed])), 404, "not-found")
 
 
 async def test_outside_dev_mode_the_ui_origin_needs_a_token_too(time_skipping_env, sqlite_db, tmp_path):
@@ -185,12 +227,42 @@ async def test_outside_dev_mode_the_ui_origin_needs_a_token_too(time_skipping_en
     key = {**jwk.construct(public, "ES256").to_dict(), "kid": "ec-1", "use": "sig", "alg": "ES256"}
     jwks = tmp_path / "jwks.json"
     jwks.write_text(json.dumps({"keys": [key]}, default=lambda b: b.decode()))
-    settings = make_settings(tmp_path, sqlite_db.url, dev_mode=False, jwks_file=jwks)
+    settings = make_settings(tmp_path, sqlite_db.url, dev_mode=False, jwks_file=jwks, codec_ui_secret=UI_SECRET)
     app = create_app(settings, db=sqlite_db, client=time_skipping_env.client)
     async with app.router.lifespan_context(app):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://haven.test") as http:
             response = await http.post("/v1/codec/decode", json=_body([]), headers={"Origin": "http://127.0.0.1:8233"})
+            dev_address = await http.post(f"/v1/codec/ui/{UI_SECRET}/decode", json=_body([]), headers={"Origin": "http://127.0.0.1:8233"})
     assert_problem(response, 401, "unauthorized")
+    assert_problem(dev_address, 404, "not-found")  # the UI's own address is for dev mode only
+
+
+def test_haven_run_hands_the_dev_ui_a_codec_address_of_its_own_each_run(tmp_path):
+    """`haven run` as a user starts it: the dev server's UI is told a codec address with a secret
+    made for this run (read back here from the UI's settings, as the browser reads it); a script
+    that only claims the UI's origin is refused, and the last run's address no longer answers."""
+    import httpx
+
+    from haven.localstack import LocalHaven
+
+    haven = LocalHaven(tmp_path / "var")
+    ui = f"http://127.0.0.1:{haven.env['HAVEN_TEMPORAL_UI_PORT']}"
+    addresses: list[str] = []
+    for run in range(2):
+        haven.start()
+        try:
+            endpoint = httpx.get(f"{ui}/api/v1/settings", timeout=10).json()["Codec"]["Endpoint"]
+            assert endpoint.startswith(f"{haven.base_url}/v1/codec/ui/"), endpoint
+            assert len(endpoint.rsplit("/", 1)[1]) >= 43  # secrets.token_urlsafe(32)
+            assert httpx.post(f"{endpoint}/decode", json=_body([]), headers={"Origin": ui}, timeout=10).status_code == 200
+            forged = httpx.post(f"{haven.base_url}/v1/codec/decode", json=_body([]), headers={"Origin": ui}, timeout=10)
+            assert_problem(forged, 401, "unauthorized")
+            for earlier in addresses:
+                assert_problem(httpx.post(f"{earlier}/decode", json=_body([]), headers={"Origin": ui}, timeout=10), 404, "not-found")
+            addresses.append(endpoint)
+        finally:
+            haven.stop()
+    assert addresses[0] != addresses[1]
 
 
 def test_logs_never_carry_a_case_s_fields(capsys):

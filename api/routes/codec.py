@@ -7,11 +7,17 @@ The UI sends `POST /v1/codec/decode` (and `/encode`) with `{"payloads": [{"metad
 origin needs (HAVEN_CODEC_CORS_ORIGINS), and only that origin's browser preflight is answered.
 
 Who may call it: caseworkers and directors, with their bearer token (configure the UI to pass
-the user's access token). In dev mode only, Temporal's dev-server UI, which has no sign-in, is let
-in without a token when the request comes from an allowed origin; that is what `make run` wires."""
+the user's access token). An `Origin` header proves nothing (any script can send one), so it
+never stands in for a token. In dev mode only, Temporal's dev-server UI, which has no sign-in,
+calls an address of its own instead, `/v1/codec/ui/<secret>/decode` (and `/encode`), where the
+secret is HAVEN_CODEC_UI_SECRET: `haven run` makes one per run (secrets.token_urlsafe) and hands
+it to the dev server's UI only; any other secret, and every such address outside dev mode, is
+refused. Whoever can reach that UI can read the address from it (and use the UI itself): the UI
+with sign-in is issue 10."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -38,15 +44,20 @@ _decode_payloads = require(Operation.DECODE_PAYLOADS)
 
 
 async def codec_reader(request: Request) -> Actor:
-    """A staff member with a token; or, in dev mode, the dev server's UI from an allowed origin."""
-    services: Services = request.app.state.services
-    settings = services.settings
-    if "authorization" not in request.headers and settings.dev_mode and request.headers.get("origin") in settings.codec_cors_origins:
-        return DEV_UI
-    return await _decode_payloads(await current_actor(request))
+    """A staff member with a token (whatever origin the request claims)."""
+    return await _decode_payloads(request, await current_actor(request))
 
 
 codec_reader.operation = Operation.DECODE_PAYLOADS  # the permission table reads it
+
+
+async def dev_ui(request: Request, secret: str) -> Actor:
+    """The dev server's UI, by the secret in its codec address (dev mode only)."""
+    settings = request.app.state.services.settings
+    expected = settings.codec_ui_secret if settings.dev_mode else ""
+    if not expected or not hmac.compare_digest(secret.encode(), expected.encode()):
+        raise Problem(404, "not-found", "no codec endpoint at this address (the dev UI's address changes with each `haven run`)")
+    return DEV_UI
 
 
 class CodecCors:
@@ -126,6 +137,16 @@ async def decode_payloads(
 ) -> PayloadsJson:
     """Opens sealed payloads for Temporal's UI (audited); others are returned unchanged."""
     return await _transcode(svc, request, body, actor, "decode")
+
+
+@router.post("/ui/{secret}/decode", response_model=PayloadsJson, include_in_schema=False)
+async def dev_ui_decode_payloads(body: PayloadsJson, request: Request, svc: Svc, actor: Annotated[Actor, Depends(dev_ui)]) -> PayloadsJson:
+    return await _transcode(svc, request, body, actor, "decode")
+
+
+@router.post("/ui/{secret}/encode", response_model=PayloadsJson, include_in_schema=False)
+async def dev_ui_encode_payloads(body: PayloadsJson, request: Request, svc: Svc, actor: Annotated[Actor, Depends(dev_ui)]) -> PayloadsJson:
+    return await _transcode(svc, request, body, actor, "encode")
 
 
 @router.post("/encode", response_model=PayloadsJson, responses=PROBLEMS)
