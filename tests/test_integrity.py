@@ -298,6 +298,9 @@ async def test_the_roster_refuses_a_second_spelling_of_someone_on_it(api):
         assert_problem(await api.http.put(f"/v1/staff/{spelling}", json=body, headers=admin), 409, "roster-refused")
     for invisible in ("cw-1%E2%80%8B", "%D1%81w-1"):  # a zero-width space; a Cyrillic es
         assert (await api.http.put(f"/v1/staff/{invisible}", json=body, headers=admin)).status_code == 422
+    # Two spellings of a new person added at once: one is added, the other refused.
+    both = await asyncio.gather(*(api.http.put(f"/v1/staff/{s}", json=body, headers=admin) for s in ("kw-5", "KW-5", "Kw-5")))
+    assert sorted(r.status_code for r in both) == [201, 409, 409], [r.text for r in both]
     async with api.db.sessions() as session:
         keys = [m.subject_key for m in await session.scalars(select(StaffMember))]
     assert len(keys) == len(set(keys))
@@ -382,3 +385,24 @@ def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer
     assert tuple(staff) == (TEST_ISSUER, "cw-1", "cw-l")
     assert submitter == person_key(TEST_ISSUER, "int-1")
     engine.dispose()
+
+
+async def test_two_spellings_saved_at_once_make_one_person(db):
+    """On both databases: concurrent saves of one new person under different spellings."""
+    from haven.grant_request import Actor, Role
+    from haven.roster import RosterRefused, StaffMemberInput, save_staff_member
+
+    data = StaffMemberInput(name="Amina K.", email="amina@fund.example.org", roles=["caseworker"])
+    admin = Actor(subject="adm-1", roles=[Role.ADMIN])
+
+    async def save(subject: str) -> str:
+        try:
+            await save_staff_member(db, admin, TEST_ISSUER, subject, data)
+            return "added"
+        except RosterRefused:
+            return "refused"
+
+    outcomes = await asyncio.gather(*(save(s) for s in ("amina-k", "AMINA-K", "Amina-K", "amina-K")))
+    assert sorted(outcomes) == ["added", "refused", "refused", "refused"]
+    async with db.sessions() as session:
+        assert await session.scalar(select(func.count()).select_from(StaffMember).where(StaffMember.subject_key == canonical("amina-k"))) == 1
