@@ -5,8 +5,8 @@ then connects to an address it checked, so a name that resolves differently a mo
 followed).
 
 Python's `is_global` is the base (the IANA special-purpose registries), with what it leaves out:
-multicast, site-local and the deprecated 6to4 relay anycast prefix are refused too, and an IPv6
-address that carries an IPv4 address is judged by that address as well: IPv4-mapped
+multicast, site-local and a few special-purpose prefixes it does not know are refused too, and
+an IPv6 address that carries an IPv4 address is judged by that address as well: IPv4-mapped
 (`::ffff:10.0.0.1`) and NAT64 (`64:ff9b::a00:1`) addresses are their IPv4 address; 6to4
 (`2002:a00:1::`) and Teredo addresses must carry public IPv4 addresses; IPv4-compatible,
 IPv4-translated and local-use NAT64 (`64:ff9b:1::/48`) addresses are reserved, so refused."""
@@ -22,8 +22,11 @@ from urllib.parse import unquote
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 NAT64 = ipaddress.ip_network("64:ff9b::/96")  # the well-known prefix: the last 32 bits are the destination
-# Python counts the deprecated 6to4 relay anycast prefix (RFC 7526) as global; nothing there is a webhook.
-NOT_PUBLIC_V4 = (ipaddress.ip_network("192.88.99.0/24"),)
+# Not globally reachable, though this Python's `is_global` says they are: IETF protocol assignments
+# (it knows only parts of the /24), the deprecated 6to4 relay anycast prefix (RFC 7526), and the
+# newer IPv6 documentation prefix (RFC 9637). Nothing there is a webhook.
+NOT_PUBLIC_V4 = (ipaddress.ip_network("192.0.0.0/24"), ipaddress.ip_network("192.88.99.0/24"))
+NOT_PUBLIC_V6 = (ipaddress.ip_network("3fff::/20"),)
 # What inet_aton (and so getaddrinfo) reads as an IPv4 address though ipaddress does not:
 # 2130706433, 0x7f.1, 0177.0.0.1, 10.1, a trailing dot, other scripts' digits.
 NUMERIC_HOST = re.compile(r"^(0x[0-9a-f]*|\d+)(\.(0x[0-9a-f]*|\d+)){0,3}\.?$", re.IGNORECASE)
@@ -58,7 +61,8 @@ def is_public(address: IPAddress) -> bool:
         return _public_v4(carried[0])  # the packet goes to this IPv4 address
     return (
         address.is_global and not address.is_multicast and not address.is_site_local and not address.is_reserved
-        and address.scope_id is None and all(_public_v4(v4) for v4 in carried)
+        and address.scope_id is None and not any(address in net for net in NOT_PUBLIC_V6)
+        and all(_public_v4(v4) for v4 in carried)
     )  # fmt: skip
 
 

@@ -526,7 +526,7 @@ async def test_webhooks_never_go_to_internal_addresses(url, allow_loopback, reas
         "[2001:0:a00:1::1]",  # Teredo
         "[64:ff9b::a00:1]", "[64:ff9b::a9fe:a9fe]", "[64:ff9b:1::a00:1]",  # NAT64
         "[::ffff:10.0.0.1]", "[::ffff:100.64.0.1]", "[::10.0.0.1]", "[::ffff:0:a00:1]",  # mapped, compatible, translated
-        "[fec0::1]", "192.88.99.1", "[fd00::1]", "[fe80::1%25lo]",
+        "[fec0::1]", "192.88.99.1", "[fd00::1]", "[fe80::1%25lo]", "192.0.0.130", "[64:ff9b::c000:82]", "[3fff::1]",
         "167772161", "0xa.0.0.1", "012.0.0.1", "10.1",  # 10.0.0.1 as getaddrinfo reads numbers
     ],
 )  # fmt: skip
