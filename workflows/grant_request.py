@@ -957,6 +957,9 @@ class GrantRequestWorkflow:
         goes back to the caseworkers, who may approve what still fits, or reject. Something paid
         (a later housing tranche): the rest is not paid, and the follow-up covers what was."""
         self._cap_room_base = room_base
+        # The approval that led here may still be being recorded (its Update runs beside this):
+        # once it is, this event's projection (no amount granted) is the one that stays.
+        await workflow.wait_condition(workflow.all_handlers_finished)
         facts = {"room_base_minor": room_base, "reason": reason}
         if any(t.status == "paid" for t in self._state.tranches):
             for tranche in self._state.tranches:
