@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from datetime import date
+from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -151,8 +151,11 @@ class Harness:
         return await self.act(handle, GrantRequestWorkflow.clear_screening, ScreeningClearance(actor=actor, note=note))
 
     async def pay(self, handle, minor_units: int, currency: str = "EUR", reference: str = "BANK-REF-1") -> ActionResult:
+        # Dated the day of the approval (workflow time): not before it, not in the future.
+        approved = [a.at for a in (await handle.query(GrantRequestWorkflow.state)).approvals]
+        paid_on = (max(approved) if approved else datetime.now(timezone.utc)).astimezone(timezone.utc).date()
         command = ManualPaymentRecord(
-            actor=FINANCE, amount=Money(minor_units=minor_units, currency=currency), reference=reference, paid_on=date(2026, 11, 24)
+            actor=FINANCE, amount=Money(minor_units=minor_units, currency=currency), reference=reference, paid_on=paid_on
         )
         return await self.act(handle, GrantRequestWorkflow.record_payment, command)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime, timezone
 
 import pytest
 from jose import jwt
@@ -193,6 +194,11 @@ async def test_unregistered_and_suspended_organisations_cannot_submit(api: Api):
 # --- actions -------------------------------------------------------------------------------------
 
 
+def _today() -> str:
+    """A payment is dated between its approval and today (UTC)."""
+    return datetime.now(timezone.utc).date().isoformat()
+
+
 async def test_refused_actions_are_409_with_the_reason(api: Api):
     created = (await api.submit()).json()
     await api.until_status(created["id"], "awaiting_decision")
@@ -230,7 +236,7 @@ async def test_whole_lifecycle_through_http(api: Api):
     approve = {"kind": "approve", "amount": {"minor_units": 150_000, "currency": "EUR"}}
     assert (await api.http.post(f"{url}/decisions", json=approve, headers=api.token("caseworker", "cw-1"))).json()["status"] == "approved"
     await api.until_status(created["id"], "payment_pending")
-    payment = {"amount": {"minor_units": 150_000, "currency": "EUR"}, "reference": "SEPA-2026-0042", "paid_on": "2026-11-24"}
+    payment = {"amount": {"minor_units": 150_000, "currency": "EUR"}, "reference": "SEPA-2026-0042", "paid_on": _today()}
     assert (await api.http.post(f"{url}/payments", json=payment, headers=api.token("finance", "fin-1"))).json()["status"] == "paid"
     await api.until_status(created["id"], "follow_up")
     report = {"text": "Lawyer retained; hearing postponed.", "receipts": ["INV-2026-17"]}

@@ -5,6 +5,7 @@ that finds every request, and a workflow left waiting, still there."""
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 
 import httpx
 
@@ -52,7 +53,7 @@ def test_make_run_lifecycle_and_restart(tmp_path):
             assert http.post(f"{url}/decisions", json=approve, headers=caseworker).json()["status"] == "awaiting_decision"
             assert http.post(f"{url}/decisions", json=approve, headers=second_caseworker).json()["status"] == "approved"
             _until(http, url, finance, "payment_pending")
-            payment = {"amount": {"minor_units": 120_000, "currency": "EUR"}, "reference": "SEPA-E2E-1", "paid_on": "2026-11-24"}
+            payment = {"amount": {"minor_units": 120_000, "currency": "EUR"}, "reference": "SEPA-E2E-1", "paid_on": datetime.now(timezone.utc).date().isoformat()}
             assert http.post(f"{url}/payments", json=payment, headers=finance).json()["status"] == "paid"
             _until(http, url, caseworker, "follow_up")
             report = {"text": "Phone replaced and set up. canary-report-e2e-5a1f", "receipts": ["R-1"]}
