@@ -9,9 +9,11 @@ from sqlalchemy.exc import IntegrityError
 from temporalio import activity
 
 from haven import ledger
+from haven.audit import audit_entry
 from haven.audit_chain import append
 from haven.case_events import CaseEvent
 from haven.db import Database, utcnow
+from haven.grant_request import Actor
 from haven.lifecycle import Status
 from haven.policy_versions import stored_version
 from haven.worker_metrics import TIME_TO_DECISION, TIME_TO_FIRST_PAYMENT, observe_time_to
@@ -47,8 +49,8 @@ class CaseRecords:
                 if already is not None:
                     return False
                 self._write(session, event)
-                submitted_at = await self._project(session, event)
-                await append(session, self._audit_event(event))  # last: it takes the chain's lock
+                submitted_at, came_back = await self._project(session, event)
+                await append(session, self._audit_event(event), *came_back)  # last: it takes the chain's lock
         except IntegrityError:
             # A concurrent attempt of this same activity won the race and wrote it all.
             return False
@@ -122,8 +124,11 @@ class CaseRecords:
                 )
             )
 
-    async def _project(self, session, event: CaseEvent) -> datetime | None:
-        """Writes the event into the request's row (and its payment's); returns when it was submitted."""
+    async def _project(self, session, event: CaseEvent) -> tuple[datetime | None, list[AuditEvent]]:
+        """Writes the event into the request's row (and its payment's); returns when it was submitted,
+        and the audit events of money that came back with the payment (a reversal Stripe reported
+        before the payment was recorded)."""
+        came_back: list[AuditEvent] = []
         now = utcnow()
         changes = event.projection.model_dump(exclude_unset=True) if event.projection else {}
         # Events may be recorded out of order (an update and the main loop at once): only a newer
@@ -166,8 +171,11 @@ class CaseRecords:
                 )
             )
             if p.status == "paid":
-                await ledger.record_payment(session, event.request_id, p.tranche, event.actor.subject, event.at)
-        return submitted_at
+                back = await ledger.record_payment(session, event.request_id, p.tranche, event.actor.subject, event.at)
+                if back is not None:
+                    stripe = Actor(subject="stripe")
+                    came_back.append(audit_entry(stripe, "reversal_applied", event.request_id, transfer_id=p.reference, **back.facts()))
+        return submitted_at, came_back
 
 
 def _observe_timings(event: CaseEvent, submitted_at: datetime) -> None:

@@ -11,7 +11,7 @@ of a budget. Callers pass their session; everything here happens in their transa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -19,8 +19,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from haven.db import utcnow
-from haven.db.models import BudgetAllocation, BudgetReservation, GrantRequestRecord, LedgerEntry, Payment, PolicyRecord
+from haven.db.models import BudgetAllocation, BudgetReservation, GrantRequestRecord, LedgerEntry, Payment, PolicyRecord, StripeEvent
 from haven.money import Money
+from haven.stripe_events import TRANSFER_REVERSED
 
 ALLOCATION, RESERVATION, RELEASE, PAYMENT, REVERSAL, REFUND = (
     "allocation", "reservation", "release", "payment", "reversal", "refund",
@@ -139,12 +140,6 @@ async def pay(session: AsyncSession, allocation: str, movement: Movement) -> Non
     await _move(session, allocation, PAYMENT, movement, reserved=-1, paid=+1)
 
 
-async def give_back(session: AsyncSession, allocation: str, kind: str, movement: Movement) -> None:
-    """Paid money that came back (a reversal, a refund) is available again."""
-    assert kind in (REVERSAL, REFUND)
-    await _move(session, allocation, kind, movement, reserved=0, paid=-1)
-
-
 async def _move(session: AsyncSession, allocation_key: str, kind: str, movement: Movement, *, reserved: int, paid: int) -> None:
     if movement.amount_base_minor <= 0 or await _recorded(session, movement.key) is not None:
         return
@@ -180,36 +175,38 @@ async def _reserved_in(session: AsyncSession, request_id: str) -> str | None:
     )
 
 
-async def record_payment(session: AsyncSession, request_id: str, tranche: int, actor: str, at: datetime) -> None:
-    """A tranche paid: its amount moves from reserved to paid in the allocation it was reserved from."""
+def _payment_key(request_id: str, tranche: int) -> str:
+    return f"{request_id}:payment:{tranche}"
+
+
+async def record_payment(session: AsyncSession, request_id: str, tranche: int, actor: str, at: datetime) -> MoneyBack | None:
+    """A tranche paid: its amount moves from reserved to paid in the allocation it was reserved from.
+    A reversal Stripe reported before the payment was recorded is applied with it (returned, for the
+    caller's audit entry)."""
     payment = await session.scalar(select(Payment).where(Payment.request_id == request_id, Payment.tranche == tranche))
     allocation = await _reserved_in(session, request_id)
     if payment is None or allocation is None:
-        return  # a request from before the ledger existed
+        return None  # a request from before the ledger existed
+    if await _recorded(session, _payment_key(request_id, tranche)) is not None:
+        return None  # recorded before
     amount = Money(minor_units=payment.amount_minor, currency=payment.currency)
     movement = Movement(
-        key=f"{request_id}:payment:{tranche}", request_id=request_id, tranche=tranche,
+        key=_payment_key(request_id, tranche), request_id=request_id, tranche=tranche,
         amount_base_minor=payment.amount_base_minor, amount=amount,
         rate_to_base=await pinned_rate(session, request_id, payment.currency), actor=actor, at=at,
     )  # fmt: skip
     await pay(session, allocation, movement)
-
-
-async def record_given_back(
-    session: AsyncSession, payment: Payment, kind: str, amount_minor: int, *, key: str, actor: str, at: datetime
-) -> None:
-    """Part or all of a paid tranche came back: that share of its base amount is available again,
-    in the allocation it was paid from."""
-    allocation = await _reserved_in(session, payment.request_id)
-    if allocation is None or amount_minor <= 0:
-        return
-    movement = Movement(
-        key=key, request_id=payment.request_id, tranche=payment.tranche,
-        amount_base_minor=payment.amount_base_minor * amount_minor // payment.amount_minor,
-        amount=Money(minor_units=amount_minor, currency=payment.currency),
-        rate_to_base=await pinned_rate(session, payment.request_id, payment.currency), actor=actor, at=at,
-    )  # fmt: skip
-    await give_back(session, allocation, kind, movement)
+    if not payment.reversed_minor or not payment.reference:
+        return None
+    reversal_seen = await session.scalar(
+        select(StripeEvent.id).where(StripeEvent.type == TRANSFER_REVERSED, StripeEvent.object_id == payment.reference).limit(1)
+    )
+    if reversal_seen is None:
+        return None  # Stripe's figure is not about this transfer: reconciliation reports the difference
+    await session.flush()
+    deferred = Reversal(transfer_id=payment.reference, reversed_total=payment.reversed_minor, currency=payment.currency,
+                        key=f"{request_id}:reversal:{tranche}:on-payment", reversed_before=0)  # fmt: skip
+    return await money_back(session, payment, deferred, actor="stripe", at=at)
 
 
 async def set_allocation(
@@ -323,39 +320,224 @@ async def discrepancies(session: AsyncSession) -> list[str]:
     return found
 
 
+# --- money coming back ------------------------------------------------------------------------
+#
+# Refunds (finance records money an intermediary sent back, keyed by its reference) and Stripe
+# transfer reversals (Stripe's cumulative `amount_reversed` of the tranche's transfer) both go through
+# `money_back`, one tranche at a time, under the lock of the allocation the tranche was paid from.
+# Per tranche, what came back is the sum of its refund and reversal entries, and:
+#
+# - it never exceeds what was paid;
+# - a refund is recorded in full or refused: when it would exceed what was paid, when it is dated
+#   before the payment, and when the tranche's transfer has been reversed through Stripe unless
+#   finance says it is other money (`separate_from_reversal`): the reversal is already counted, and
+#   the same money recorded again would count twice;
+# - a reversal is credited only what Stripe's cumulative figure exceeds what is already back
+#   (refunds and earlier reversals alike): money recorded as refunded before Stripe reported the
+#   reversal is taken to be that reversal's money and counted once ("matched"). What exceeds what
+#   was paid, or cannot be applied at all, is "not applied". The caller reports both as
+#   reconciliation findings; nothing here raises for what Stripe says;
+# - a reversal of a tranche the ledger does not show paid yet (its transfer is still being recorded)
+#   is deferred: Stripe's figure is kept on the payment and applied when the payment is recorded.
+
+
 class RefundRefused(ValueError):
-    """A refund that cannot be recorded (the tranche is not paid, more would come back than was paid)."""
+    """A refund that cannot be recorded (the tranche is not paid, more would come back than was
+    paid, the money is a reversal's). `field`: the input at fault, when it is one."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Refund:
+    """Money an intermediary returned to the fund for a paid tranche, as finance records it."""
+
+    amount: Money
+    reference: str
+    received_on: date | None = None
+    separate_from_reversal: bool = False
+
+
+@dataclass(frozen=True)
+class Reversal:
+    """What Stripe says of the tranche's transfer: how much of it has been reversed in all.
+    `reversed_before`: the figure already taken into account (None: the one on the payment)."""
+
+    transfer_id: str
+    reversed_total: int
+    currency: str
+    key: str
+    reversed_before: int | None = None
+
+
+@dataclass(frozen=True)
+class MoneyBack:
+    """What one report of money coming back did to its tranche, in minor units of its currency."""
+
+    kind: str
+    request_id: str
+    tranche: int
+    currency: str
+    paid_minor: int
+    before_minor: int  # refunds and credited reversals before this one
+    reported_minor: int  # what this report adds: the refund, or the growth of Stripe's figure
+    credited_minor: int = 0
+    credited_base_minor: int = 0
+    matched_minor: int = 0  # a reversal's money already recorded back: counted once
+    not_applied_minor: int = 0  # see `reason`
+    deferred_minor: int = 0  # applied when the payment is recorded
+    reason: str | None = None
+    refunds: tuple[str, ...] = ()  # the references of the tranche's refunds before this one
+    entry: LedgerEntry | None = None
+    new: bool = True  # False: this refund was recorded before
+
+    def facts(self) -> dict:
+        """Ids and amounts, for the audit trail."""
+        return {
+            "tranche": self.tranche, "currency": self.currency, "paid_minor": self.paid_minor,
+            "back_before_minor": self.before_minor, "credited_minor": self.credited_minor,
+            "credited_base_minor": self.credited_base_minor, "matched_minor": self.matched_minor,
+            "not_applied_minor": self.not_applied_minor, "deferred_minor": self.deferred_minor,
+        }  # fmt: skip
+
+
+async def _back_on(session: AsyncSession, request_id: str, tranche: int) -> tuple[int, int, int, tuple[str, ...]]:
+    """What already came back for the tranche: refunded, reversed (credited), in base units, and the
+    references of its refunds."""
+    rows = (
+        await session.execute(
+            select(LedgerEntry.kind, LedgerEntry.entry_key, LedgerEntry.amount_minor, LedgerEntry.amount_base_minor).where(
+                LedgerEntry.request_id == request_id, LedgerEntry.tranche == tranche, LedgerEntry.kind.in_([REVERSAL, REFUND])
+            )
+        )
+    ).all()
+    prefix = f"{request_id}:refund:{tranche}:"
+    refunded = sum(r.amount_minor for r in rows if r.kind == REFUND)
+    reversed_ = sum(r.amount_minor for r in rows if r.kind == REVERSAL)
+    references = tuple(r.entry_key.removeprefix(prefix) for r in rows if r.kind == REFUND)
+    return refunded, reversed_, sum(r.amount_base_minor for r in rows), references
+
+
+async def money_back(session: AsyncSession, payment: Payment, came_back: Refund | Reversal, *, actor: str, at: datetime) -> MoneyBack | None:
+    """The one way money comes back to a paid tranche (see above). Raises RefundRefused for a refund
+    that cannot be recorded; returns None for a reversal that says nothing new."""
+    paid_entry = await _recorded(session, _payment_key(payment.request_id, payment.tranche))
+    allocation = await _locked(session, paid_entry.allocation_id) if paid_entry is not None else None
+    await session.refresh(payment)  # as it is now, under the lock
+    refunded, reversed_, base_back, references = await _back_on(session, payment.request_id, payment.tranche)
+    before = refunded + reversed_
+    paid = payment.amount_minor
+    outcome = MoneyBack(
+        kind=REFUND if isinstance(came_back, Refund) else REVERSAL, request_id=payment.request_id, tranche=payment.tranche,
+        currency=payment.currency, paid_minor=paid, before_minor=before, reported_minor=0, refunds=references,
+    )  # fmt: skip
+    if isinstance(came_back, Refund):
+        _check_paid(payment, paid_entry, came_back)
+        key = refund_key(payment.request_id, payment.tranche, came_back.reference)
+        earlier = await _recorded(session, key)
+        if earlier is not None:
+            if earlier.amount_minor != came_back.amount.minor_units:
+                raise RefundRefused(f"the refund {came_back.reference!r} is already recorded with another amount ({earlier.amount_minor})")
+            return replace(outcome, entry=earlier, new=False)
+        _check_refund(payment, came_back, refunded, reversed_)
+        credit = came_back.amount.minor_units
+        outcome = replace(outcome, reported_minor=credit)
+    else:
+        reversed_before = payment.reversed_minor if came_back.reversed_before is None else came_back.reversed_before
+        if came_back.reversed_total <= reversed_before:
+            return None  # an older figure, or one already taken into account
+        if came_back.currency != payment.currency:
+            reason = f"the transfer is in {came_back.currency}; the tranche was paid in {payment.currency}"
+            new = came_back.reversed_total - reversed_before
+            return replace(outcome, reported_minor=new, not_applied_minor=new, reason=reason)
+        if came_back.reversed_before is None:
+            payment.reversed_minor, payment.reversed_at, payment.updated_at = came_back.reversed_total, at, utcnow()
+        new = came_back.reversed_total - reversed_before
+        over = max(0, came_back.reversed_total - paid) - max(0, reversed_before - paid)
+        outcome = replace(outcome, reported_minor=new)
+        if paid_entry is None:
+            if payment.status == "pending":
+                return replace(outcome, deferred_minor=new - over, not_applied_minor=over,
+                               reason="more was reversed than the tranche's amount" if over else None)  # fmt: skip
+            why = "has no payment in the fund ledger" if payment.status == "paid" else f"is {payment.status}, not paid"
+            return replace(outcome, not_applied_minor=new, reason=f"tranche {payment.tranche} {why}")
+        credit = max(0, min(came_back.reversed_total, paid) - before)
+        outcome = replace(outcome, matched_minor=max(0, new - over - credit), not_applied_minor=over,
+                          reason="more was reversed than the tranche's amount" if over else None)  # fmt: skip
+        key = came_back.key
+    base = payment.amount_base_minor * (before + credit) // paid - base_back if credit else 0
+    if credit and (allocation is None or allocation.paid_base_minor < base):
+        shown = allocation.paid_base_minor if allocation is not None else 0
+        reason = f"the allocation shows {shown} base minor units paid; {base} cannot come back from it"
+        if isinstance(came_back, Refund):
+            raise RefundRefused(reason)
+        return replace(outcome, matched_minor=0, not_applied_minor=outcome.reported_minor, reason=reason)
+    if not credit:
+        return outcome
+    movement = Movement(
+        key=key, request_id=payment.request_id, tranche=payment.tranche, amount_base_minor=base,
+        amount=Money(minor_units=credit, currency=payment.currency),
+        rate_to_base=await pinned_rate(session, payment.request_id, payment.currency), actor=actor, at=at,
+    )  # fmt: skip
+    # Written here rather than by `_move`, under the lock already held: a share too small to move a
+    # base minor unit is still money back in the tranche's currency, and is recorded as such.
+    allocation.paid_base_minor -= base
+    entry = await _entry(session, outcome.kind, allocation, movement)
+    session.add(entry)
+    await session.flush()
+    return replace(outcome, credited_minor=credit, credited_base_minor=base, entry=entry)
+
+
+def refund_key(request_id: str, tranche: int, reference: str) -> str:
+    return f"{request_id}:refund:{tranche}:{reference}"
+
+
+def _check_paid(payment: Payment, paid_entry: LedgerEntry | None, refund: Refund) -> None:
+    if payment.status != "paid" or paid_entry is None:
+        raise RefundRefused(f"tranche {payment.tranche} of {payment.request_id} has not been paid")
+    if refund.amount.currency != payment.currency:
+        raise RefundRefused(f"tranche {payment.tranche} was paid in {payment.currency}; a refund is recorded in that currency")
+
+
+def _check_refund(payment: Payment, refund: Refund, refunded: int, reversed_: int) -> None:
+    if refund.received_on is not None and payment.paid_on is not None and refund.received_on < payment.paid_on:
+        raise RefundRefused(
+            f"must not be before tranche {payment.tranche} was paid ({payment.paid_on.isoformat()})", field="received_on"
+        )
+    stripe = ""
+    if payment.reversed_minor:
+        stripe = (
+            f"; its transfer {payment.reference} was reversed through Stripe by {payment.reversed_minor} "
+            f"({reversed_} of it counted as money back, the rest matched to refunds or not applied)"
+        )
+        if not refund.separate_from_reversal:
+            raise RefundRefused(
+                f"tranche {payment.tranche} paid {payment.amount_minor} minor units of {payment.currency}{stripe}. That money "
+                "is recorded already; if this refund is other money, record it with separate_from_reversal: true"
+            )
+    if refunded + reversed_ + refund.amount.minor_units > payment.amount_minor:
+        raise RefundRefused(
+            f"tranche {payment.tranche} paid {payment.amount_minor}, of which {refunded + reversed_} already came back "
+            f"({refunded} refunded, {reversed_} reversed){stripe}; a refund of {refund.amount.minor_units} would be more "
+            f"(minor units of {payment.currency})"
+        )
 
 
 async def record_refund(
-    session: AsyncSession, request_id: str, tranche: int, amount: Money, reference: str, actor: str, at: datetime
+    session: AsyncSession, request_id: str, tranche: int, amount: Money, reference: str, actor: str, at: datetime,
+    *, received_on: date | None = None, separate_from_reversal: bool = False,
 ) -> tuple[LedgerEntry, bool]:
     """Money an intermediary returned to the fund (unspent, or paid for something else) for a paid
     tranche. Keyed by the transfer's reference, so recording it again changes nothing; returns the
     entry and whether it is new."""
-    payment = await session.scalar(select(Payment).where(Payment.request_id == request_id, Payment.tranche == tranche))
-    allocation = await _reserved_in(session, request_id)
-    if payment is None or payment.status != "paid" or allocation is None:
-        raise RefundRefused(f"tranche {tranche} of {request_id} has not been paid")
-    if amount.currency != payment.currency:
-        raise RefundRefused(f"tranche {tranche} was paid in {payment.currency}; a refund is recorded in that currency")
-    await _locked(session, allocation)  # one refund of this money at a time
-    key = f"{request_id}:refund:{tranche}:{reference}"
-    earlier = await _recorded(session, key)
-    if earlier is not None:
-        if earlier.amount_minor != amount.minor_units:
-            raise RefundRefused(f"the refund {reference!r} is already recorded with another amount ({earlier.amount_minor})")
-        return earlier, False
-    came_back = await session.scalar(
-        select(func.coalesce(func.sum(LedgerEntry.amount_minor), 0)).where(
-            LedgerEntry.request_id == request_id, LedgerEntry.tranche == tranche, LedgerEntry.kind.in_([REVERSAL, REFUND])
-        )
+    payment = await session.scalar(
+        select(Payment).where(Payment.request_id == request_id, Payment.tranche == tranche).with_for_update()
     )
-    if came_back + amount.minor_units > payment.amount_minor:
-        raise RefundRefused(
-            f"tranche {tranche} paid {payment.amount_minor}, of which {came_back} already came back; "
-            f"a refund of {amount.minor_units} would be more (minor units of {payment.currency})"
-        )
-    await record_given_back(session, payment, REFUND, amount.minor_units, key=key, actor=actor, at=at)
-    await session.flush()
-    return await _recorded(session, key), True
+    if payment is None:
+        raise RefundRefused(f"tranche {tranche} of {request_id} has not been paid")
+    refund = Refund(amount=amount, reference=reference, received_on=received_on, separate_from_reversal=separate_from_reversal)
+    outcome = await money_back(session, payment, refund, actor=actor, at=at)
+    assert outcome is not None and outcome.entry is not None
+    return outcome.entry, outcome.new

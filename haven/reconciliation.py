@@ -30,6 +30,9 @@ class FindingKind(StrEnum):
     MISSING_FROM_LEDGER = "missing_from_ledger"  # Stripe moved money the ledger does not show paid by it
     MISSING_FROM_STRIPE = "missing_from_stripe"  # the ledger shows a Stripe payment Stripe does not have
     AMOUNT_DIFFERS = "amount_differs"  # both have it, with another amount, currency or reversal
+    # Found while a Stripe reversal was applied to the ledger (haven.ledger.money_back):
+    REVERSAL_MATCHED_REFUND = "reversal_matched_refund"  # reversed money already recorded back as a refund: counted once
+    MONEY_BACK_NOT_APPLIED = "money_back_not_applied"  # money Stripe says came back that the ledger could not credit
 
 
 # --- what the workflow, its activities and the API pass each other ----------------------------

@@ -1,22 +1,26 @@
 """The stored reconciliation runs and their findings: opened by the API (finance asked) or by the
 workflow's first step (the schedule asked), completed or failed by the workflow's activities,
-and read by the API as the finance report."""
+and read by the API as the finance report. A Stripe event whose money back the ledger could not
+settle on its own records a run of its own (`record_event_findings`)."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 
 from sqlalchemy import and_, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from haven.audit import record_change
+from haven.audit import audit_entry, record_change
 from haven.db import Database, upsert_once_more_on_conflict, utcnow
-from haven.db.models import ReconciliationFinding, ReconciliationRun
+from haven.db.models import AuditEvent, ReconciliationFinding, ReconciliationRun
 from haven.grant_request import Actor
 from haven.notifications.outbox import outbox_entry
-from haven.reconciliation import DayReconciliation
+from haven.reconciliation import DayReconciliation, Finding
 
 RUNNING, DONE, FAILED = "running", "done", "failed"
+STRIPE_EVENT = "stripe_event"  # the trigger of a run that holds what applying a Stripe event found
 FINANCE = "finance"
 
 
@@ -80,6 +84,58 @@ async def fail_run(db: Database, run: DayReconciliation, public_base_url: str, *
                 link=report_link(public_base_url, run.run_id),
             )
         )
+
+
+def finding_row(run_id: str, finding: Finding, found_at: datetime) -> ReconciliationFinding:
+    return ReconciliationFinding(
+        run_id=run_id, kind=str(finding.kind), subject=finding.subject, transfer_id=finding.transfer_id,
+        request_id=finding.request_id, tranche=finding.tranche, ledger_amount_minor=finding.ledger_amount_minor,
+        stripe_amount_minor=finding.stripe_amount_minor, currency=finding.currency, detail=finding.detail, found_at=found_at,
+    )  # fmt: skip
+
+
+def event_run_id(event_id: str) -> str:
+    """The run that holds what applying one Stripe event found (ids of up to 100 characters)."""
+    run_id = f"se_{event_id}"
+    return run_id if len(run_id) <= 100 else f"se_{hashlib.sha256(event_id.encode()).hexdigest()}"
+
+
+async def record_event_findings(
+    session: AsyncSession, event_id: str, day: date, findings: list[Finding], actor: Actor, public_base_url: str
+) -> list[AuditEvent]:
+    """What applying a Stripe event to the ledger could not settle on its own (money back matched
+    to a refund, or not applied), stored as a run of its own (trigger `stripe_event`, done at
+    once), so finance reads it with the daily reports and is told; in the caller's transaction.
+    Returns the audit events for the caller to append last. The event is applied once, so its
+    run is written once."""
+    if not findings:
+        return []
+    now = utcnow()
+    run_id = event_run_id(event_id)
+    session.add(
+        ReconciliationRun(
+            id=run_id, day=day, trigger=STRIPE_EVENT, requested_by=actor.subject, status=DONE, transfers_seen=1,
+            payments_seen=len({(f.request_id, f.tranche) for f in findings if f.tranche is not None}),
+            mismatches=len(findings), started_at=now, finished_at=now,
+        )
+    )  # fmt: skip
+    await session.flush()  # the run before its findings (no relationship tells the session so)
+    for finding in findings:
+        session.add(finding_row(run_id, finding, now))
+    session.add(
+        outbox_entry(
+            f"reconciliation:{run_id}:reconciliation_mismatches:{FINANCE}",
+            kind="reconciliation_mismatches",
+            audience=FINANCE,
+            request_id=None,
+            status=DONE,
+            link=report_link(public_base_url, run_id),
+        )
+    )
+    return [
+        audit_entry(actor, "reconciliation_mismatch", f.request_id, run_id=run_id, day=day.isoformat(), stripe_event=event_id, **f.facts())
+        for f in findings
+    ]
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ class ReconciliationRunView(BaseModel):
 
     id: str
     day: date
-    trigger: Literal["schedule", "finance"]
+    trigger: Literal["schedule", "finance", "stripe_event"] = Field(
+        description="`stripe_event`: what applying one Stripe event to the ledger found (money back matched to a refund, or not applied)"
+    )
     requested_by: str
     status: Literal["running", "done", "failed"]
     transfers_seen: int
@@ -146,7 +148,8 @@ async def list_reconciliations(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Annotated[str | None, Query(max_length=100, description="`next_cursor` from the previous page")] = None,
 ) -> ReconciliationPage:
-    """The runs, newest first."""
+    """The runs, newest first: the daily and requested reconciliations, and the findings of Stripe
+    events whose money back the ledger could not settle on its own (trigger `stripe_event`)."""
     try:
         runs, next_cursor = await list_runs(svc.db, day=day, limit=limit, after=cursor)
     except UnknownCursor as error:

@@ -34,7 +34,15 @@ class RefundInput(Strict):
     tranche: int = Field(ge=1, le=24, strict=True)
     amount: PositiveMoney = Field(description="What came back, in the currency the tranche was paid in.")
     reference: Reference = Field(description="The incoming transfer's reference: recording it again changes nothing.")
-    received_on: CalendarDate
+    received_on: CalendarDate = Field(description="Not before the tranche was paid, nor in the future.")
+    separate_from_reversal: bool = Field(
+        default=False,
+        strict=True,
+        description=(
+            "The tranche's Stripe transfer was reversed, and this is other money (it came back by another way). "
+            "Without it, a refund of a reversed tranche is refused: the reversal is already counted."
+        ),
+    )
 
 
 class RefundView(BaseModel):
@@ -62,7 +70,9 @@ async def record_refund(
 ) -> RefundView:
     """Finance records money returned for a paid tranche. The same reference again answers 200 with
     the refund already recorded; 409 when the tranche is not paid, when more would come back than
-    was paid, or when the reference was recorded with another amount."""
+    was paid (refunds and Stripe reversals together), when the tranche's transfer was reversed
+    through Stripe and the refund is not said to be other money, or when the reference was recorded
+    with another amount; 422 when it is dated before the payment."""
     if body.received_on > utcnow().date():
         detail = "received_on: a refund is recorded once it has been received, not before"
         raise Problem(422, "validation-error", detail, errors=[{"field": "received_on", "message": detail}])
@@ -71,15 +81,20 @@ async def record_refund(
     try:
         async with svc.db.transaction() as session:
             entry, created = await ledger.record_refund(
-                session, request_id, body.tranche, body.amount, body.reference, actor.subject, utcnow()
-            )
+                session, request_id, body.tranche, body.amount, body.reference, actor.subject, utcnow(),
+                received_on=body.received_on, separate_from_reversal=body.separate_from_reversal,
+            )  # fmt: skip
             if created:
+                separate = {"separate_from_reversal": True} if body.separate_from_reversal else {}
                 await record_change(
                     session, actor, "refund_recorded", request_id, tranche=body.tranche, amount_minor=body.amount.minor_units,
                     currency=body.amount.currency, amount_base_minor=entry.amount_base_minor, reference=body.reference,
-                    received_on=body.received_on.isoformat(),
+                    received_on=body.received_on.isoformat(), **separate,
                 )  # fmt: skip
     except ledger.RefundRefused as refusal:
+        if refusal.field is not None:
+            detail = f"{refusal.field}: {refusal}"
+            raise Problem(422, "validation-error", detail, errors=[{"field": refusal.field, "message": str(refusal)}]) from None
         raise Problem(409, "refund-refused", str(refusal)) from None
     if not created:
         response.status_code = 200
