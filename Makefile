@@ -41,7 +41,7 @@ histories: $(INSTALLED)
 	HAVEN_RECORD_HISTORIES=1 $(BIN)/pytest -q -k "not postgresql" $(HISTORY_TESTS)
 
 HISTORY_TESTS := tests/test_lifecycle.py tests/test_payment_outcomes.py tests/test_stripe_webhooks.py tests/test_reconciliation.py tests/test_ledger.py \
-	tests/test_canaries.py
+	tests/test_canaries.py tests/test_integrity.py
 
 bench: bytecode
 	$(BIN)/python -m bench.lifecycle_throughput --requests 1000
