@@ -119,6 +119,7 @@ TEST_STAFF = {
     "dir-1": ["director"], "dir-2": ["director"],
     "fin-1": ["finance"], "fin-7": ["finance"],
     "adm-1": ["admin"], "admin-1": ["admin"],
+    "caseworker-1": ["caseworker"], "director-1": ["director"], "finance-1": ["finance"],
 }  # fmt: skip
 
 
