@@ -11,7 +11,7 @@ from typing import Annotated, Any, Callable, ClassVar, Literal, Self
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StringConstraints, model_validator
 
 from haven.lifecycle import Action, Status
-from haven.money import Money, PositiveMoney
+from haven.money import Money, PositiveMoney, WholeNumber
 
 
 class Category(StrEnum):
@@ -70,8 +70,31 @@ def _tidy_text(value: str) -> str:
     return value
 
 
+# The same rule as _tidy_text, stated in the API's schema (ECMA-262, as JSON Schema reads it):
+# no control character but tab, line feed and carriage return, and at least one character that
+# str.strip() keeps. Stated, not enforced by pydantic, whose message would quote the pattern;
+# _tidy_text enforces it and says what is wrong.
+_STRIPPED = r"\t\n\r \xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000"  # str.isspace() but controls
+TEXT_PATTERN = (
+    rf"^[{_STRIPPED}]*[^\x00-\x20\x7F-\xA0\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000]"
+    r"[^\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]*$"
+)
+
+
+class _Stated:
+    """Adds keywords to a type's JSON Schema that its validators enforce in their own words."""
+
+    def __init__(self, **keywords: Any):
+        self.keywords = keywords
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: Any) -> dict[str, Any]:
+        return {**handler(core_schema), **self.keywords}
+
+
 def _text(max_length: int) -> Any:
-    return Annotated[str, StringConstraints(min_length=1, max_length=max_length), AfterValidator(_tidy_text)]
+    return Annotated[
+        str, StringConstraints(min_length=1, max_length=max_length), AfterValidator(_tidy_text), _Stated(pattern=TEXT_PATTERN)
+    ]
 
 
 def _calendar_date(value: Any) -> Any:
@@ -125,6 +148,14 @@ class Defender(Strict):
 
 
 class Payee(Strict):
+    # _rail_has_what_it_needs, stated in the schema.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "if": {"properties": {"rail": {"const": "stripe"}}, "required": ["rail"]},
+            "then": {"properties": {"stripe_account": {"type": "string"}}, "required": ["stripe_account"]},
+        }
+    )
+
     name: ShortText = Field(description="Law firm, vendor, landlord or the intermediary itself.")
     country: CountryCode
     rail: PaymentRail = PaymentRail.MANUAL
@@ -166,7 +197,7 @@ class GrantRequestSubmission(Strict):
     urgency: Urgency
     country: CountryCode = Field(description="ISO 3166-1 alpha-2 code of where the defender is.")
     amount: PositiveMoney = Field(description="The total requested; safe housing is split evenly over its tranches.")
-    tranches: int = Field(default=1, ge=1, le=24, strict=True)
+    tranches: WholeNumber = Field(default=1, ge=1, le=24)
     threat_level: ThreatLevel
     threat_summary: LongText
     purpose: LongText

@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict
+
+
+def _whole_number(value: Any) -> Any:
+    # JSON has one kind of number, and JSON Schema's `integer` is any number without a fraction:
+    # 150000.0 is the integer 150000. A fraction, a string and a boolean are still refused.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# An integer as the API's schema states it (`"type": "integer"`), never a float with a fraction.
+WholeNumber = Annotated[int, BeforeValidator(_whole_number), Strict()]
 
 
 class Money(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    minor_units: StrictInt = Field(ge=0, le=10**13, description="Amount in the currency's minor unit (cents).")
+    minor_units: WholeNumber = Field(ge=0, le=10**13, description="Amount in the currency's minor unit (cents).")
     currency: str = Field(pattern=r"^[A-Z]{3}$", description="ISO 4217 code, e.g. EUR.")
 
     def __str__(self) -> str:
@@ -20,7 +33,7 @@ class Money(BaseModel):
 class PositiveMoney(Money):
     """An amount someone asks for: more than nothing."""
 
-    minor_units: StrictInt = Field(gt=0, le=10**13, description="Amount in the currency's minor unit (cents).")
+    minor_units: WholeNumber = Field(gt=0, le=10**13, description="Amount in the currency's minor unit (cents).")
 
 
 def convert_minor_units(

@@ -32,6 +32,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# check_webhook_url's shape, stated in the API's schema: https (plain http only to this machine),
+# a host, no credentials. Whether the host is a public address is checked when it is saved.
+WEBHOOK_URL = (
+    r"^(https://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\]))"
+    r"(:[0-9]{1,5})?([/?#][^\x00-\x20\x7F]*)?$"
+)
+
+
 def check_webhook_url(url: str) -> str:
     """https only (plain http to this machine is allowed, for development), no credentials, and
     not an address inside a private network: the worker must not be pointed at internal services
@@ -76,7 +84,9 @@ class OrganisationInput(Strict):
     trust_level: TrustLevel
     active: StrictBool = True
     notification_email: EmailStr | None = Field(default=None, max_length=320)
-    webhook_url: Annotated[str, StringConstraints(max_length=2000)] | None = None
+    webhook_url: Annotated[str, StringConstraints(max_length=2000)] | None = Field(
+        default=None, json_schema_extra={"pattern": WEBHOOK_URL}
+    )
 
     @field_validator("webhook_url")
     @classmethod

@@ -35,7 +35,9 @@ class StaffMemberInput(Strict):
 
     name: ShortText
     email: EmailStr = Field(max_length=320)
-    roles: list[Role] = Field(min_length=1, max_length=4)
+    roles: list[Role] = Field(
+        min_length=1, max_length=4, json_schema_extra={"items": {"type": "string", "enum": sorted(str(r) for r in STAFF_ROLES)}}
+    )  # _staff_roles, stated in the schema
     active: StrictBool = True
 
     @field_validator("roles")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, WithJsonSchema, model_validator
 
 from haven.grant_request import Category, RiskTier, ThreatLevel, TrustLevel, Urgency
 
@@ -14,9 +15,23 @@ class Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# A rate written as text (to keep every digit) is digits with at most one point, more than zero.
+RATE_TEXT = r"^0*([1-9][0-9]*(\.[0-9]+)?|\.[0-9]*[1-9][0-9]*)$"
+
+
+def _rate_text(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(RATE_TEXT, value):
+        raise ValueError("must be a number more than 0, or such a number written with digits and at most one point")
+    return value
+
+
 class CurrencyRule(Rule):
     exponent: int = Field(ge=0, le=4, description="Digits of the minor unit: 2 for EUR, 0 for JPY.")
-    rate_to_base: Decimal = Field(gt=0, description="Base-currency units for one unit of this currency.")
+    rate_to_base: Annotated[
+        Decimal,
+        BeforeValidator(_rate_text),
+        WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, {"type": "string", "pattern": RATE_TEXT}]}),
+    ] = Field(gt=0, description="Base-currency units for one unit of this currency.")
 
 
 class CategoryRule(Rule):

@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Request
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from temporalio.api.common.v1 import Payloads
 
 from haven.audit import record_change
@@ -93,11 +93,16 @@ class CodecCors:
         await self.app(scope, receive, send_with_cors)
 
 
+# Base64, standard or URL-safe, padded or not: what the payloads' JSON form is read with.
+BASE64 = r"^(?:[A-Za-z0-9+/_-]{4})*(?:[A-Za-z0-9+/_-]{2}(?:==)?|[A-Za-z0-9+/_-]{3}=?)?$"
+Base64 = Annotated[str, StringConstraints(pattern=BASE64)]
+
+
 class PayloadJson(BaseModel):
     """A Temporal payload as the UI sends it: metadata values and data in base64."""
 
-    metadata: dict[str, str] = Field(default_factory=dict)
-    data: str = ""
+    metadata: dict[str, Base64] = Field(default_factory=dict)
+    data: Base64 = ""
 
 
 class PayloadsJson(BaseModel):

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Response
 from pydantic import BaseModel, Field
 
-from haven.grant_request import Actor
+from haven.grant_request import Actor, LongText, Strict
 from haven.policy_versions import (
     DRY_RUN_DAYS,
     AlreadyActive,
@@ -65,8 +65,8 @@ class PolicyVersionView(BaseModel):
     active: bool
 
 
-class Activation(BaseModel):
-    note: str | None = Field(default=None, max_length=2000, description="why, for the audit log")
+class Activation(Strict):
+    note: LongText | None = Field(default=None, description="why, for the audit log")
 
 
 class ActivationView(BaseModel):

@@ -15,7 +15,7 @@ from haven.audit import record_change
 from haven.db import utcnow
 from haven.db.queries import find_request
 from haven.grant_request import Actor, CalendarDate, Reference, Strict
-from haven.money import Money, PositiveMoney
+from haven.money import Money, PositiveMoney, WholeNumber
 from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
 from api.problems import Problem
@@ -31,7 +31,7 @@ class RefundInput(Strict):
                                          "reference": "SEPA-IN-2026-118", "received_on": "2026-11-30"}]}  # fmt: skip
     )
 
-    tranche: int = Field(ge=1, le=24, strict=True)
+    tranche: WholeNumber = Field(ge=1, le=24)
     amount: PositiveMoney = Field(description="What came back, in the currency the tranche was paid in.")
     reference: Reference = Field(description="The incoming transfer's reference: recording it again changes nothing.")
     received_on: CalendarDate = Field(description="Not before the tranche was paid, nor in the future.")

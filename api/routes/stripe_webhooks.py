@@ -31,6 +31,15 @@ EVENT_BODY = {
 }
 
 
+SIGNATURE = {
+    "name": "Stripe-Signature",
+    "in": "header",
+    "required": True,
+    "description": "Stripe's signature of the body with the endpoint's secret (`t=…,v1=…`).",
+    "schema": {"type": "string"},
+}
+
+
 class StripeEventReceipt(BaseModel):
     event_id: str
     outcome: Literal["accepted", "duplicate", "ignored"]
@@ -40,7 +49,7 @@ class StripeEventReceipt(BaseModel):
     "/stripe",
     response_model=StripeEventReceipt,
     responses={code: PROBLEM_RESPONSES[code] for code in (400, 413, 415, 503)},
-    openapi_extra={"requestBody": EVENT_BODY},
+    openapi_extra={"requestBody": EVENT_BODY, "parameters": [SIGNATURE]},
 )
 async def receive_stripe_event(request: Request, svc: Svc) -> StripeEventReceipt:
     """Stripe's events about our transfers (`transfer.created`, `transfer.reversed`). A tampered,
