@@ -6,8 +6,9 @@ settle on its own records a run of its own (`record_event_findings`)."""
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 
 from sqlalchemy import and_, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -159,21 +160,33 @@ class UnknownCursor(ValueError):
     pass
 
 
+# Where a page ended: the last run's start, in microseconds since 1970 (UTC), and its id. Any
+# string of this form is a place in the list's order (the API's schema states it).
+RUN_CURSOR = r"^[0-9]{1,16}\.[!-~]{1,100}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _cursor(run: ReconciliationRun) -> str:
+    started = run.started_at.replace(tzinfo=run.started_at.tzinfo or timezone.utc)
+    return f"{(started - _EPOCH) // timedelta(microseconds=1)}.{run.id}"
+
+
 async def list_runs(db: Database, *, day: date | None, limit: int, after: str | None) -> tuple[list[ReconciliationRun], str | None]:
-    """Newest first. `after` is the id of the last run of the previous page (runs are never
-    deleted, so it always finds its place); returns the page and the next page's `after`."""
+    """Newest first. `after` is the cursor the previous page ended with; returns the page and
+    the next page's cursor."""
     async with db.sessions() as session:
         query = select(ReconciliationRun)
         if day is not None:
             query = query.where(ReconciliationRun.day == day)
         if after is not None:
-            last = await session.get(ReconciliationRun, after)
-            if last is None:
+            if not re.fullmatch(RUN_CURSOR, after):
                 raise UnknownCursor("not a cursor from this list")
+            microseconds, run_id = after.split(".", 1)
+            started = _EPOCH + timedelta(microseconds=int(microseconds))
             query = query.where(
                 or_(
-                    ReconciliationRun.started_at < last.started_at,
-                    and_(ReconciliationRun.started_at == last.started_at, ReconciliationRun.id < last.id),
+                    ReconciliationRun.started_at < started,
+                    and_(ReconciliationRun.started_at == started, ReconciliationRun.id < run_id),
                 )
             )
         rows = list(
@@ -182,4 +195,4 @@ async def list_runs(db: Database, *, day: date | None, limit: int, after: str | 
             )
         )
     page = rows[:limit]
-    return page, page[-1].id if len(rows) > limit else None
+    return page, _cursor(page[-1]) if len(rows) > limit else None

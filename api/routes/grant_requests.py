@@ -14,7 +14,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from haven.assignment import AssignmentInput, AssignmentRefused, assign
 from haven.audit import record_case_read
 from haven.db import utcnow
-from haven.db.queries import NOBODY, QueueFilter, QueuePosition, case_file, find_request, list_requests
+from haven.db.queries import NOBODY, QUEUE_CURSOR, QueueFilter, QueuePosition, case_file, find_request, list_requests
 from haven.grant_request import (
     ActionResult,
     Acting,
@@ -115,7 +115,7 @@ async def list_grant_requests(
         Literal["true"] | None, Query(description="only requests past their decision deadline or follow-up date")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=400, description="`next_cursor` from the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern=QUEUE_CURSOR, description="`next_cursor` from the previous page")] = None,
 ) -> GrantRequestPage:
     """The queue, soonest decision deadline first. Intermediaries see their organisation's only."""
     try:

@@ -15,7 +15,7 @@ from haven.db import utcnow
 from haven.db.models import ReconciliationFinding, ReconciliationRun
 from haven.grant_request import Actor, CalendarDate, PaymentRail, Strict
 from haven.reconciliation import RECONCILABLE_DAYS, FindingKind, ReconciliationOrder, refusal_of_day
-from haven.reconciliation_runs import UnknownCursor, fail_run, list_runs, open_run, run_report
+from haven.reconciliation_runs import RUN_CURSOR, UnknownCursor, fail_run, list_runs, open_run, run_report
 from api.permissions import Operation, require
 from api.problems import PROBLEM_RESPONSES as PROBLEMS
 from api.problems import Problem
@@ -146,7 +146,7 @@ async def list_reconciliations(
     actor: Annotated[Actor, Depends(require(Operation.READ_RECONCILIATION))],
     day: Annotated[CalendarDate | None, Query(description="only the runs of this day")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    cursor: Annotated[str | None, Query(max_length=100, description="`next_cursor` from the previous page")] = None,
+    cursor: Annotated[str | None, Query(pattern=RUN_CURSOR, description="`next_cursor` from the previous page")] = None,
 ) -> ReconciliationPage:
     """The runs, newest first: the daily and requested reconciliations, and the findings of Stripe
     events whose money back the ledger could not settle on its own (trigger `stripe_event`)."""
