@@ -80,5 +80,5 @@ def create_app(settings: Settings | None = None, *, db: Database | None = None, 
     app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: it times the others too
     for router in ROUTERS:
         app.include_router(router)
-    openapi.install(app, routes())
+    openapi.install(app, routes(), max_body_bytes=settings.max_body_bytes)
     return app

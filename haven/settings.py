@@ -127,7 +127,9 @@ class Settings(BaseSettings):
     # `haven run` makes a new one each run; set it for a UI of your own (the compose file's).
     codec_ui_secret: str = Field(default="", repr=False)
 
-    max_body_bytes: int = 64 * 1024
+    # The largest body any fixed-shape operation admits (intake: two 4,000-character texts, each
+    # character up to 12 bytes escaped) fits under it: tests/test_openapi_conformance.py.
+    max_body_bytes: int = 128 * 1024
 
     @model_validator(mode="after")
     def _defaults_under_var_dir(self) -> "Settings":
