@@ -102,6 +102,10 @@ class Disbursements:
                     payment.attempts = instruction.attempt
                     payment.idempotency_key = instruction.idempotency_key
                     payment.rail = instruction.rail
+                    # A tranche decided again (the caps refused the first amount) is a new amount.
+                    payment.amount_minor = instruction.amount.minor_units
+                    payment.currency = instruction.amount.currency
+                    payment.amount_base_minor = instruction.amount_base_minor
                     payment.failure_reason = None
                     payment.updated_at = now
                 return dict((await self.case_keys.details(session, request))["payee"])

@@ -13,7 +13,7 @@ from haven.db.queries import CaseFile
 from haven.grant_request import Actor
 from haven.lifecycle import Status
 from haven.money import Money
-from api.permissions import may_read_case
+from api.permissions import may_read_case, scoped_to_organisation
 
 
 class RiskView(BaseModel):
@@ -142,9 +142,15 @@ def _summary_fields(record: GrantRequestRecord) -> dict[str, Any]:
     }
 
 
+# Facts that count what other organisations' requests for the same defender hold (prior grants,
+# what is committed under the defender's cap): the fund's staff see them, a partner does not.
+STAFF_ONLY_FACTS = frozenset({"risk_assessed", "caps_exceeded"})
+
+
 def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
     record = case.request
     reads_case = may_read_case(reader)
+    partner = scoped_to_organisation(reader) is not None
     # Finance needs the payee to pay; only people working the case see the defender and narrative.
     if record.sensitive == ERASED_DETAILS:  # its key was destroyed: the details are gone for good
         details = ERASED_DETAILS
@@ -191,7 +197,7 @@ def full_view(case: CaseFile, reader: Actor) -> GrantRequestView:
                 actor=e.actor,
                 status_from=e.status_from,
                 status_to=e.status_to,
-                facts=e.facts,
+                facts={} if partner and e.action in STAFF_ONLY_FACTS else e.facts,
             )
             for e in case.events
         ],

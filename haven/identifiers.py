@@ -7,7 +7,8 @@ would otherwise be a new defender (escaping the cap and the prior-grant points) 
 (counting twice for four eyes). `canonical` folds them all to one string:
 
 1. NFKC, so compatibility forms (fullwidth, ligatures, non-breaking hyphen) become plain ones;
-2. case folding;
+2. case folding, and every decimal digit of any script (Arabic-Indic, Persian, Devanagari…)
+   written as its ASCII digit;
 3. default-ignorable code points removed (zero-width spaces and joiners, soft hyphens, variation
    selectors: invisible, so never a difference a person meant);
 4. runs of white space collapsed to one space, none at either end;
@@ -30,18 +31,22 @@ _IGNORABLE = icu.UnicodeSet("[:Default_Ignorable_Code_Point:]")
 _IGNORABLE.freeze()
 _SPOOF = icu.SpoofChecker()
 
-# The version of the rules above. A change of rules (or of the Unicode data behind them) changes
-# keyed hashes made from canonical names, which is why stored ones record it.
-VERSION = 2
+# A change of these rules, or of the Unicode data behind them (the pinned ICU of pyicu-wheels),
+# changes every keyed hash made from a canonical name: it needs a migration that hashes the stored
+# pseudonyms again, as 0007 did.
 
 
 def _visible(text: str) -> str:
     return "".join(ch for ch in text if not _IGNORABLE.contains(ch))
 
 
+def _ascii_digits(text: str) -> str:
+    return "".join(str(unicodedata.decimal(ch)) if unicodedata.decimal(ch, None) is not None else ch for ch in text)
+
+
 @lru_cache(maxsize=4096)
 def canonical(text: str) -> str:
-    folded = " ".join(_visible(unicodedata.normalize("NFKC", text).casefold()).split())
+    folded = " ".join(_ascii_digits(_visible(unicodedata.normalize("NFKC", text).casefold())).split())
     skeleton = _SPOOF.getSkeleton(0, folded)
     return " ".join(unicodedata.normalize("NFKC", skeleton).casefold().split())
 

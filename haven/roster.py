@@ -79,7 +79,9 @@ async def _save_staff_member(
         if member is None:
             key = canonical(subject)
             namesake = await session.scalar(
-                select(StaffMember.subject).where(StaffMember.issuer == issuer, StaffMember.subject_key == key)
+                select(StaffMember.subject).where(
+                    StaffMember.issuer == issuer, StaffMember.subject_key == key, StaffMember.subject != subject
+                )
             )
             if namesake is not None:
                 raise RosterRefused(
@@ -115,11 +117,8 @@ async def registered_organisation(session: AsyncSession, claim: str | None) -> s
         return None
     if await session.get(Organisation, claim) is not None:
         return claim
-    key = canonical(claim)
-    for organisation_id in await session.scalars(select(Organisation.id)):
-        if canonical(organisation_id) == key:
-            return organisation_id
-    return claim
+    registered = await session.scalar(select(Organisation.id).where(Organisation.id_key == canonical(claim)))
+    return registered if registered is not None else claim
 
 
 async def admit(db: Database, actor: Actor) -> Actor:

@@ -128,6 +128,12 @@ def split_into_tranches(total: Money, count: int) -> list[Money]:
     ]
 
 
+def tranches_to_base(policy: Policy, total: Money, count: int) -> int:
+    """What a grant paid in `count` tranches costs in base minor units: each tranche converted, as
+    each is reserved and paid (it may differ from converting the total by a few minor units)."""
+    return sum(to_base(policy, tranche) for tranche in split_into_tranches(total, count))
+
+
 def report_reminders(policy: Policy) -> list[timedelta]:
     """Offsets after the final payment at which to remind, earliest first, then the due date."""
     due = timedelta(days=policy.follow_up.report_due_days)

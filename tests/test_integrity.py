@@ -51,6 +51,11 @@ def test_every_spelling_of_one_pseudonym_is_one_defender():
     assert len({defender_ref(other, b"key") for other in OTHERS}) == len(OTHERS)
 
 
+def test_digits_of_any_script_are_the_same_digits():
+    for spelling in ("falcon-\u0661\u0667", "falcon-\u06f1\u06f7", "falcon-\u0967\u096d", "falcon-\U0001d7cf\U0001d7d5"):
+        assert defender_ref(spelling, b"key") == defender_ref("falcon-17", b"key"), spelling
+
+
 def test_subjects_that_read_the_same_are_one_person():
     for a, b in [("cw-1", "CW-1"), ("dir-1", "DIR-1"), ("dir-1", "Dir-1"), ("int-ngo-1", "int-ngo\u200b-1"), ("ngo-1", "NGO\u20111")]:
         assert same(a, b) and person_key("iss", a) == person_key("iss", b)
@@ -355,7 +360,7 @@ def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer
         connection.execute(sa.text("INSERT INTO policy_versions (hash, name, content, created_at) VALUES ('p', 'p', '{}', :t)"), {"t": now})
         connection.execute(sa.text("INSERT INTO staff_members (subject, name, email, roles, active, created_at, updated_at) "
                                    "VALUES ('cw-1', 'c', 'c@x.org', '[\"caseworker\"]', 1, :t, :t)"), {"t": now})  # fmt: skip
-        for n, pseudonym in enumerate(["falcon-17", "ｆａｌｃｏｎ－１７", "f\u0430lcon\u201017", "erased-one"]):
+        for n, pseudonym in enumerate(["falcon-17", "ｆａｌｃｏｎ－１７", "f\u0430lcon\u201017", "hrd-0042", "FALCON-17"]):
             request_id = f"gr_old{n}"
             sealer, case_key = TEST_CASE_KEYS.new(request_id, now)
             sealed = sealer.seal(SENSITIVE, {"defender": {"pseudonym": pseudonym}, "payee": {}, "threat_summary": "t", "purpose": "p"})
@@ -369,7 +374,7 @@ def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer
                 ),
                 {"id": request_id, "ref": old_ref(pseudonym), "sensitive": f'"{sealed}"', "t": now},
             )
-            wrapped = None if pseudonym == "erased-one" else case_key.wrapped_key
+            wrapped = None if n >= 3 else case_key.wrapped_key  # the last two were erased
             connection.execute(
                 sa.text("INSERT INTO case_keys (request_id, master_key_id, wrapped_key, created_at) VALUES (:id, :k, :w, :t)"),
                 {"id": request_id, "k": case_key.master_key_id, "w": wrapped, "t": now},
@@ -380,10 +385,15 @@ def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer
         refs = dict(connection.execute(sa.text("SELECT id, defender_ref FROM grant_requests")).all())
         staff = connection.execute(sa.text("SELECT issuer, subject, subject_key FROM staff_members")).one()
         submitter = connection.execute(sa.text("SELECT DISTINCT submitted_by_person FROM grant_requests")).scalar_one()
+        organisation_key = connection.execute(sa.text("SELECT id_key FROM organisations")).scalar_one()
     assert refs["gr_old0"] == refs["gr_old1"] == refs["gr_old2"] == defender_ref("falcon-17", key)
-    assert refs["gr_old3"] == old_ref("erased-one")  # nothing can open it any more: left as it was
+    # Erased: nothing opens them. One had the old hash of a request that still opens, and takes its
+    # new one; the other is left as it was.
+    assert refs["gr_old4"] == defender_ref("falcon-17", key)
+    assert refs["gr_old3"] == old_ref("hrd-0042") != defender_ref("hrd-0042", key)
     assert tuple(staff) == (TEST_ISSUER, "cw-1", "cw-l")
     assert submitter == person_key(TEST_ISSUER, "int-1")
+    assert organisation_key == canonical("ngo-1")
     engine.dispose()
 
 
@@ -406,3 +416,109 @@ async def test_two_spellings_saved_at_once_make_one_person(db):
     assert sorted(outcomes) == ["added", "refused", "refused", "refused"]
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(StaffMember).where(StaffMember.subject_key == canonical("amina-k"))) == 1
+
+
+async def test_two_spellings_of_one_organisation_registered_at_once_make_one(db):
+    from haven.db.models import Organisation
+    from haven.grant_request import Actor, Role
+    from haven.organisations import OrganisationInput, OrganisationRefused, save_organisation
+
+    admin, data = Actor(subject="adm-1", roles=[Role.ADMIN]), OrganisationInput(name="Another NGO", trust_level="standard")
+
+    async def save(organisation_id: str) -> str:
+        try:
+            await save_organisation(db, admin, organisation_id, data)
+            return "added"
+        except OrganisationRefused:
+            return "refused"
+
+    outcomes = await asyncio.gather(*(save(s) for s in ("ngo-11", "ngo-1l", "ngo-l1", "ngo-ll")))
+    assert sorted(outcomes) == ["added", "refused", "refused", "refused"]
+    async with db.sessions() as session:
+        ids = [o for o in await session.scalars(select(Organisation.id)) if canonical(o) == canonical("ngo-11")]
+    assert len(ids) == 1
+
+
+# --- what the caps path must not break ------------------------------------------------------------
+
+
+async def _paid_elsewhere_first(harness):
+    """A (EUR 6,000) fails to pay and its money is released; B (EUR 6,000, the same defender) then
+    takes most of the defender's cap; finance retries A, which the caps refuse."""
+    a = await harness.submit(amount={"minor_units": 600_000, "currency": "EUR"}, defender={"pseudonym": "owl-9"})
+    b = await harness.submit(amount={"minor_units": 600_000, "currency": "EUR"}, defender={"pseudonym": "OWL-9"})
+    for handle in (a, b):
+        await harness.until(handle, Status.AWAITING_DECISION)
+    await asyncio.gather(*(harness.approve(a, x, 600_000) for x in (caseworker(1), caseworker(2), director())))
+    await harness.until(a, Status.PAYMENT_PENDING)
+    await harness.payment_failed(a)
+    await harness.until(a, Status.PAYMENT_FAILED)
+    await asyncio.gather(*(harness.approve(b, x, 600_000) for x in (caseworker(1), caseworker(2), director())))
+    await harness.until(b, Status.PAYMENT_PENDING)
+    await harness.retry(a)
+    state = await harness.until(a, Status.AWAITING_DECISION)
+    assert [e.facts.get("room_base_minor") for e in state.timeline if e.action == "caps_exceeded"] == [400_000]
+    return a, b
+
+
+async def test_a_retry_refused_for_the_caps_and_approved_again_pays_the_new_amount(harness):
+    a, b = await _paid_elsewhere_first(harness)
+    await asyncio.gather(*(harness.approve(a, x, 400_000) for x in (caseworker(3), caseworker(4))))
+    await harness.until(a, Status.PAYMENT_PENDING)
+    [row] = await harness.payments(a.id)
+    assert (row.amount_minor, row.amount_base_minor) == (400_000, 400_000)
+    await harness.pay(a, 400_000)
+    await harness.until(a, Status.FOLLOW_UP)
+    await harness.pay(b, 600_000)
+    await harness.until(b, Status.FOLLOW_UP)
+    assert await _committed_to(harness.db, "owl-9") == 1_000_000  # and the harness checks the ledger balances
+
+
+async def test_after_a_retry_refused_for_the_caps_the_partner_can_withdraw(harness):
+    a, b = await _paid_elsewhere_first(harness)
+    await harness.withdraw(a)
+    await harness.until(a, Status.WITHDRAWN)
+    await harness.payment_failed(b)
+
+
+async def test_a_withdrawal_while_the_reservation_runs_pays_nothing(harness):
+    """AWAITING_FUNDS accepts a withdrawal while the workflow tries the reservation again (the
+    allocation's row is held so that the attempt is in flight): the money goes back, nothing pays,
+    and the workflow never fails a task."""
+    if harness.db.url.startswith("sqlite"):
+        pytest.skip("holding one allocation row while others write needs PostgreSQL's row locks")
+    import psycopg
+    from temporalio.api.enums.v1 import EventType
+
+    from tests.test_ledger import _set_budget
+    from workflows.grant_request import GrantRequestWorkflow
+
+    await _set_budget(harness.db, "legal_fees", 100_000)
+    a = await harness.submit(defender={"pseudonym": "kite-3"})
+    await harness.until(a, Status.AWAITING_DECISION)
+    await harness.approve(a, caseworker(), 150_000)
+    await harness.until(a, Status.AWAITING_FUNDS)
+    await _set_budget(harness.db, "legal_fees", 10**9)
+    async with await psycopg.AsyncConnection.connect(harness.db.url.replace("postgresql+psycopg://", "postgresql://")) as hold:
+        await hold.execute("SELECT * FROM budget_allocations WHERE category = 'legal_fees' FOR UPDATE")
+        await a.signal(GrantRequestWorkflow.funds_changed)
+        await asyncio.sleep(1.0)  # the reservation now waits for the row
+        await harness.withdraw(a)
+        await hold.rollback()
+    state = await harness.until(a, lambda s: any(e.action == "budget_released" for e in s.timeline))
+    assert state.status == Status.WITHDRAWN
+    assert await harness.payments(a.id) == []
+    assert [r.status for r in await harness.reservations(a.id)] == ["released"]
+    failed = [e async for e in a.fetch_history_events() if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED]
+    assert failed == []
+
+
+async def test_a_partner_is_not_told_what_other_partners_hold_for_the_defender(api):
+    first = (await api.submit({**BODY, "defender": {"pseudonym": "wren-2"}}, org="ngo-2")).json()["id"]
+    await api.until_status(first, "awaiting_decision")
+    mine = (await api.submit({**BODY, "defender": {"pseudonym": "WREN-2"}})).json()["id"]
+    await api.until_status(mine, "awaiting_decision")
+    seen = (await api.http.get(f"/v1/grant-requests/{mine}", headers=api.intermediary())).json()
+    assert [e["facts"] for e in seen["timeline"] if e["action"] == "risk_assessed"] == [{}]
+    staff = (await api.http.get(f"/v1/grant-requests/{mine}", headers=api.token("caseworker", "cw-1"))).json()
+    assert [e["facts"]["factors"]["prior_grants"] for e in staff["timeline"] if e["action"] == "risk_assessed"] == [0]

@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
         Tranche,
         Withdrawal,
     )
-    from haven.lifecycle import Action, Status, action_allowed, check_transition
+    from haven.lifecycle import TERMINAL, Action, Status, action_allowed, check_transition
     from haven.money import Money
     from policies import PolicyVersion
     from policies import rules
@@ -167,6 +167,7 @@ class GrantRequestWorkflow:
         self._awaiting_report = False
         self._information_asked_at: datetime | None = None
         self._last_paid_at: datetime | None = None
+        self._unanswered_tranches: set[int] = set()  # an attempt went unanswered: money may have moved
         # What still fits under the caps when a reservation was refused for them (base minor units):
         # no approval may then be for more.
         self._cap_room_base: int | None = None
@@ -300,7 +301,7 @@ class GrantRequestWorkflow:
     async def _pay(self, tranche: Tranche) -> bool:
         """Pays one tranche; returns False when the request ended or payment was given up."""
         while True:
-            if self._reserved_base == 0 and not await self._reserve():
+            if self._reserved_base == 0 and not await self._reserve(check_caps=not self._money_may_have_moved(tranche)):
                 return False
             attempt = self._payment_attempts.get(tranche.number, 0) + 1
             self._payment_attempts[tranche.number] = attempt
@@ -372,9 +373,12 @@ class GrantRequestWorkflow:
         try:
             started: DisbursementStarted = await rail
         except ActivityError as error:
-            reason = _refusal(error) or _unanswered(error, self._policy.payment_unanswered_minutes)
+            unanswered = _unanswered(error, self._policy.payment_unanswered_minutes)
+            reason = _refusal(error) or unanswered
             if reason is None:
                 raise
+            if reason == unanswered:
+                self._unanswered_tranches.add(tranche.number)
             self._ended_attempts[tranche.number] = instruction.ended_attempts + 1
             await self._payment_refused(tranche, attempt, reason)
             return
@@ -577,7 +581,8 @@ class GrantRequestWorkflow:
         )
         if self._cap_room_base is not None:
             cap = min(cap, self._cap_room_base)
-        amount_base = rules.to_base(self._policy, command.amount)
+        # Measured as the reservation will measure it: tranche by tranche.
+        amount_base = rules.tranches_to_base(self._policy, command.amount, self._start.tranches)
         if amount_base > cap:
             raise Refused(
                 f"{amount_base} {self._policy.base_currency} minor units is above what may be granted "
@@ -600,6 +605,7 @@ class GrantRequestWorkflow:
     @clear_screening.validator
     def _validate_clear_screening(self, clearance: ScreeningClearance) -> None:
         self._check_clear_screening(clearance)
+        self._check_not_the_submitter(clearance.actor, "clears a screening hit on")
 
     def _check_clear_screening(self, clearance: ScreeningClearance) -> None:
         self._check_allowed(Action.CLEAR_SCREENING)
@@ -789,6 +795,15 @@ class GrantRequestWorkflow:
     @accept_report.validator
     def _validate_accept_report(self, acceptance: ReportAcceptance) -> None:
         self._check_accept_report(acceptance)
+        self._check_not_the_submitter(acceptance.actor, "accepts the report of")
+        if acceptance.actor.organisation is not None and acceptance.actor.organisation == self._start.organisation_id:
+            raise Refused("nobody accepts the report of a request from their own organisation")
+
+    def _check_not_the_submitter(self, actor: Actor, doing: str) -> None:
+        # Checked in the Update's validator only, which replay never runs: histories recorded
+        # before this check replay unchanged.
+        if _same_person(actor.person, actor.subject, self._start.submitted_by_person, self._start.submitted_by):
+            raise Refused(f"nobody {doing} a request they submitted")
 
     def _check_accept_report(self, acceptance: ReportAcceptance) -> None:
         self._check_allowed(Action.ACCEPT_REPORT)
@@ -907,10 +922,11 @@ class GrantRequestWorkflow:
     def _rate_to_base(self):
         return self._policy.currencies[self._start.amount.currency].rate_to_base
 
-    async def _reserve(self) -> bool:
+    async def _reserve(self, *, check_caps: bool = True) -> bool:
         """Sets the unpaid tranches aside from the category's budget. While they do not fit, the
         request waits for funds (finance allocating more, or a recheck) or a caseworker's decision;
-        False when it ended meanwhile."""
+        False when it ended meanwhile. `check_caps` is False only where the money may already have
+        moved: it is then counted as it is, never sent back to a decision."""
         amount_base = self._unpaid_base()
         number = self._reservation_number + 1  # a refused reservation wrote nothing: its number is reused
         while True:
@@ -928,11 +944,15 @@ class GrantRequestWorkflow:
                         caps=MoneyCaps(
                             grant=self._policy.categories[self._start.category].max_grant,
                             defender_12_months=self._policy.per_defender_cap_12_months,
-                        ),
+                        )
+                        if check_caps
+                        else None,
                     ),
                 )
                 break
             except (ActivityError, ApplicationError) as error:
+                if self._state.status in TERMINAL:
+                    return False  # withdrawn or rejected while the reservation was tried
                 over = _over_cap(error)
                 if over is not None:
                     await self._over_caps(*over)
@@ -944,6 +964,11 @@ class GrantRequestWorkflow:
                     return False
         self._reservation_number = number
         self._reserved_base = amount_base
+        if self._state.status in TERMINAL:
+            # Withdrawn or rejected (allowed while waiting for funds) as the money was reserved:
+            # it goes straight back, and nothing is paid.
+            await self._release(reason=str(self._state.status))
+            return False
         await self._record(
             "budget_reserved",
             to=Status.APPROVED if self._state.status == Status.AWAITING_FUNDS else None,
@@ -951,12 +976,18 @@ class GrantRequestWorkflow:
         )
         return True
 
+    def _money_may_have_moved(self, tranche: Tranche) -> bool:
+        """Stripe confirmed this tranche's transfer, or an attempt went unanswered (whether money
+        moved is not known until the rail's lookup, a webhook or reconciliation says)."""
+        return tranche.number in self._confirmed_transfers or tranche.number in self._unanswered_tranches
+
     async def _over_caps(self, reason: str, room_base: int) -> None:
         """The money does not fit under the grant's or the defender's cap any more (other money
         was committed to the same defender since the assessment). Nothing paid yet: the request
         goes back to the caseworkers, who may approve what still fits, or reject. Something paid
         (a later housing tranche): the rest is not paid, and the follow-up covers what was."""
         self._cap_room_base = room_base
+        self._retry_requested = False  # the retry that asked for this money is over
         # The approval that led here may still be being recorded (its Update runs beside this):
         # once it is, this event's projection (no amount granted) is the one that stays.
         await workflow.wait_condition(workflow.all_handlers_finished)

@@ -24,6 +24,8 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from haven.identifiers import canonical
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -61,6 +63,8 @@ class Organisation(Base):
     __tablename__ = "organisations"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    # The id's canonical form (haven.identifiers): no two organisations' ids are the same name.
+    id_key: Mapped[str] = mapped_column(String(64), unique=True, default=lambda context: canonical(context.get_current_parameters()["id"]))
     name: Mapped[str] = mapped_column(String(200))
     trust_level: Mapped[str] = mapped_column(String(16))
     active: Mapped[bool] = mapped_column(Boolean, default=True)

@@ -12,8 +12,10 @@ its stable subject, and no two people on the roster may have subjects that are t
 Defender pseudonyms were hashed after case folding only, so the same defender written with
 fullwidth letters, an invisible character or a look-alike letter was a new defender. Every stored
 request whose details can still be opened is hashed again from its canonical pseudonym (with the
-index key and master keys of the settings); a request already erased keeps its old hash, since
-nothing can open its pseudonym any more.
+index key and master keys of the settings). A request already erased cannot be opened: it takes
+the new hash of a request that had the same old hash, and otherwise keeps its old one.
+
+Organisations get `id_key`, their id's canonical form, unique.
 """
 from alembic import context, op
 import sqlalchemy as sa
@@ -58,6 +60,21 @@ def upgrade() -> None:
         batch_op.drop_constraint('pk_staff_members', type_='primary')
         batch_op.create_primary_key('pk_staff_members', ['issuer', 'subject'])
         batch_op.create_unique_constraint('uq_staff_members_person', ['issuer', 'subject_key'])
+    with op.batch_alter_table('organisations', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('id_key', sa.String(length=64), nullable=True))
+    organisations = sa.table('organisations', sa.column('id', sa.String), sa.column('id_key', sa.String))
+    named: dict[str, str] = {}
+    for organisation_id in [row.id for row in bind.execute(sa.select(organisations.c.id))]:
+        key = canonical(organisation_id)
+        if key in named:
+            raise RuntimeError(
+                f"the organisations {named[key]!r} and {organisation_id!r} are the same name: merge them, then migrate again"
+            )
+        named[key] = organisation_id
+        bind.execute(sa.update(organisations).where(organisations.c.id == organisation_id).values(id_key=key))
+    with op.batch_alter_table('organisations', schema=None) as batch_op:
+        batch_op.alter_column('id_key', existing_type=sa.String(length=64), nullable=False)
+        batch_op.create_unique_constraint(batch_op.f('uq_organisations_id_key'), ['id_key'])
     with op.batch_alter_table('grant_requests', schema=None) as batch_op:
         batch_op.add_column(sa.Column('submitted_by_person', sa.String(length=600), nullable=True))
     requests = sa.table('grant_requests', sa.column('id', sa.String), sa.column('submitted_by', sa.String), sa.column('submitted_by_person', sa.String))
@@ -89,22 +106,37 @@ def _reindex_pseudonyms(bind) -> None:
 
     settings = _settings()
     index_key, provider = pseudonym_index_key(settings), MasterKeys(master_keys(settings))
+    new_refs: dict[str, str] = {}  # old hash -> new hash, learnt from the requests that still open
+    erased = []
     for row in rows:
         if row.master_key_id is not None and row.wrapped_key is None:
-            continue  # erased: its pseudonym is gone for good
+            erased.append(row)  # its pseudonym is gone for good
+            continue
         data_key = provider.unwrap(row.id, row.master_key_id, row.wrapped_key) if row.wrapped_key is not None else None
         details = Sealer(row.id, data_key).open(SENSITIVE, row.sensitive)
         pseudonym = details.get("defender", {}).get("pseudonym") if isinstance(details, dict) else None
         if not isinstance(pseudonym, str):
             continue
-        ref = defender_ref(pseudonym, index_key)
-        if ref != row.defender_ref:
-            bind.execute(sa.update(requests).where(requests.c.id == row.id).values(defender_ref=ref))
-            bind.execute(sa.update(entries).where(entries.c.request_id == row.id).values(defender_ref=ref))
+        new_refs[row.defender_ref] = ref = defender_ref(pseudonym, index_key)
+        _set_ref(bind, requests, entries, row, ref)
+    # An erased request whose old hash another request of the same defender shared still counts
+    # for that defender (the old rule folded case, so the same spelling gave the same old hash).
+    for row in erased:
+        if row.defender_ref in new_refs:
+            _set_ref(bind, requests, entries, row, new_refs[row.defender_ref])
+
+
+def _set_ref(bind, requests, entries, row, ref: str) -> None:
+    if ref != row.defender_ref:
+        bind.execute(sa.update(requests).where(requests.c.id == row.id).values(defender_ref=ref))
+        bind.execute(sa.update(entries).where(entries.c.request_id == row.id).values(defender_ref=ref))
 
 
 def downgrade() -> None:
     # The old hashes cannot be made again without the old rule; pseudonyms stay re-indexed.
+    with op.batch_alter_table('organisations', schema=None) as batch_op:
+        batch_op.drop_constraint(batch_op.f('uq_organisations_id_key'), type_='unique')
+        batch_op.drop_column('id_key')
     with op.batch_alter_table('grant_requests', schema=None) as batch_op:
         batch_op.drop_column('submitted_by_person')
     with op.batch_alter_table('staff_members', schema=None) as batch_op:
