@@ -67,6 +67,10 @@ class BudgetReservations:
         movement = _movement(ledger.RESERVATION, request, request.amount_base_minor)
         try:
             async with self.db.transaction() as session:
+                # The allocation's lock first, then whether this reservation exists: an attempt of this
+                # activity still running when Temporal started the next may have reserved it meanwhile,
+                # and the next must not then be refused (over the caps, no funds) for that money.
+                await ledger.allocation_covering(session, request.category, request.at.date())
                 exists = await session.scalar(
                     select(BudgetReservation.id).where(
                         BudgetReservation.request_id == request.request_id, BudgetReservation.number == request.number
