@@ -37,10 +37,9 @@ class OverCap(Exception):
 
 
 async def _check_caps(session, request: ReservationRequest) -> None:
-    """The grant's and the defender's caps, checked in the reservation's transaction: the
-    allocation's lock first (as `ledger.reserve` takes it), then the defender's."""
+    """The grant's and the defender's caps, checked in the reservation's transaction, which
+    already holds the allocation's lock: the defender's is taken after it, always in that order."""
     assert request.caps is not None
-    await ledger.allocation_covering(session, request.category, request.at.date())
     record = await session.get(GrantRequestRecord, request.request_id)
     if record is None:
         raise LookupError(f"no grant request {request.request_id}")

@@ -70,7 +70,7 @@ async def _request_row(db, n: int, pseudonym: str, amount_base: int, category: s
     now = utcnow()
     request_id = f"gr_cap{n:04d}"
     async with db.transaction() as session:
-        policy_hash = (await session.scalar(select(GrantRequestRecord.policy_hash).limit(1))) or await _a_policy_hash(session)
+        policy_hash = await _a_policy_hash(session)
         session.add(
             GrantRequestRecord(
                 id=request_id, organisation_id="ngo-1", submitted_by="int-1", idempotency_key=f"cap-{n}", body_hash="x",
@@ -397,6 +397,19 @@ def test_the_migration_reindexes_stored_pseudonyms_and_keys_the_roster_by_issuer
     engine.dispose()
 
 
+async def _at_once(save, refusal: type[Exception], names) -> list[str]:
+    """Saves every name at the same moment; "added" or "refused" for each."""
+
+    async def one(name: str) -> str:
+        try:
+            await save(name)
+            return "added"
+        except refusal:
+            return "refused"
+
+    return list(await asyncio.gather(*(one(name) for name in names)))
+
+
 async def test_two_spellings_saved_at_once_make_one_person(db):
     """On both databases: concurrent saves of one new person under different spellings."""
     from haven.grant_request import Actor, Role
@@ -405,14 +418,9 @@ async def test_two_spellings_saved_at_once_make_one_person(db):
     data = StaffMemberInput(name="Amina K.", email="amina@fund.example.org", roles=["caseworker"])
     admin = Actor(subject="adm-1", roles=[Role.ADMIN])
 
-    async def save(subject: str) -> str:
-        try:
-            await save_staff_member(db, admin, TEST_ISSUER, subject, data)
-            return "added"
-        except RosterRefused:
-            return "refused"
-
-    outcomes = await asyncio.gather(*(save(s) for s in ("amina-k", "AMINA-K", "Amina-K", "amina-K")))
+    outcomes = await _at_once(
+        lambda subject: save_staff_member(db, admin, TEST_ISSUER, subject, data), RosterRefused, ("amina-k", "AMINA-K", "Amina-K", "amina-K")
+    )
     assert sorted(outcomes) == ["added", "refused", "refused", "refused"]
     async with db.sessions() as session:
         assert await session.scalar(select(func.count()).select_from(StaffMember).where(StaffMember.subject_key == canonical("amina-k"))) == 1
@@ -425,14 +433,9 @@ async def test_two_spellings_of_one_organisation_registered_at_once_make_one(db)
 
     admin, data = Actor(subject="adm-1", roles=[Role.ADMIN]), OrganisationInput(name="Another NGO", trust_level="standard")
 
-    async def save(organisation_id: str) -> str:
-        try:
-            await save_organisation(db, admin, organisation_id, data)
-            return "added"
-        except OrganisationRefused:
-            return "refused"
-
-    outcomes = await asyncio.gather(*(save(s) for s in ("ngo-11", "ngo-1l", "ngo-l1", "ngo-ll")))
+    outcomes = await _at_once(
+        lambda organisation_id: save_organisation(db, admin, organisation_id, data), OrganisationRefused, ("ngo-11", "ngo-1l", "ngo-l1", "ngo-ll")
+    )
     assert sorted(outcomes) == ["added", "refused", "refused", "refused"]
     async with db.sessions() as session:
         ids = [o for o in await session.scalars(select(Organisation.id)) if canonical(o) == canonical("ngo-11")]

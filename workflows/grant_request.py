@@ -560,8 +560,7 @@ class GrantRequestWorkflow:
             raise Refused("only caseworkers and directors decide on requests")
         if actor.organisation is not None and actor.organisation == self._start.organisation_id:
             raise Refused("nobody decides on a request from their own organisation")
-        if _same_person(actor.person, actor.subject, self._start.submitted_by_person, self._start.submitted_by):
-            raise Refused("nobody decides on a request they submitted")
+        self._check_not_the_submitter(actor, "decides on")
         if command.kind == "reject" and any(t.status == "paid" for t in self._state.tranches):
             raise Refused("money has already been paid; a later tranche is stopped by checking in as not needed")
         if command.kind in ("reject", "request_information") and not command.note:
@@ -800,8 +799,8 @@ class GrantRequestWorkflow:
             raise Refused("nobody accepts the report of a request from their own organisation")
 
     def _check_not_the_submitter(self, actor: Actor, doing: str) -> None:
-        # Checked in the Update's validator only, which replay never runs: histories recorded
-        # before this check replay unchanged.
+        # For clearance and report acceptance it is checked in the Update's validator only, which
+        # replay never runs: histories recorded before those checks replay unchanged.
         if _same_person(actor.person, actor.subject, self._start.submitted_by_person, self._start.submitted_by):
             raise Refused(f"nobody {doing} a request they submitted")
 
